@@ -1,0 +1,204 @@
+"""The training recipe: one typed dataclass, presets as data, TOML files and flags on top.
+
+Resolution order (later wins): the dataclass defaults, the preset, the ``--config`` TOML file,
+then flags given on the command line. The resolved config is written into every run folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from .errors import UsageError
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+SCHEDULES = ("step", "multistep", "cosine", "onecycle", "constant")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+NORMALIZATIONS = ("half", "dataset")
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a training run, with its unit."""
+
+    model: str = "seed"  # a name from `cifar-resnet models`
+    shortcut: str = ""  # "A" or "B" to force He et al.'s shortcut option ("" = model's own)
+    epochs: int = 300  # passes over the training set (ignored when `steps` is set)
+    steps: int = 0  # total optimizer steps; 0 = epochs * steps per epoch
+    batch_size: int = 128  # images per optimizer step, summed over all ranks
+    lr: float = 0.1  # peak learning rate at `batch_size`
+    momentum: float = 0.9  # SGD momentum
+    nesterov: bool = False
+    weight_decay: float = 5e-4  # L2 penalty on every parameter, as torch.optim.SGD applies it
+    label_smoothing: float = 0.0  # cross-entropy label smoothing, 0..1
+    schedule: str = "step"  # one of SCHEDULES
+    lr_step: int = 50  # "step": multiply the lr by lr_gamma every lr_step epochs
+    lr_gamma: float = 0.1  # "step"/"multistep": factor at each decay
+    lr_milestones: list[int] = field(default_factory=list)  # "multistep": decay at these steps
+    warmup_steps: int = 0  # linear warm-up from 0 over this many steps
+    padding: int = 1  # random-crop zero padding, pixels per side
+    flip: bool = True  # random horizontal flip, p = 0.5 per image
+    normalize: str = "half"  # "half": mean = std = 0.5; "dataset": training set mean/std
+    precision: str = "auto"  # auto: bf16 where the hardware runs it natively, else fp32
+    channels_last: str = "auto"  # "auto", "on" or "off"
+    compile: str = "auto"  # torch.compile: "auto", "on" or "off"
+    seed: int = 0  # seeds the weights, the data order and augmentation
+    val_split: int = 0  # training images held out for validation (stratified)
+    limit_train: int = 0  # train on a stratified subset of this many images (0 = all)
+    limit_test: int = 0  # evaluate on a stratified subset of this many images (0 = all)
+    image_size: int = 0  # resize images to this square size (0 = keep)
+    eval_batch_size: int = 1000  # images per evaluation batch
+    keep: int = 2  # epoch checkpoints kept in RUN/checkpoints
+    save_every_steps: int = 0  # also checkpoint every N steps within an epoch (0 = off)
+    deterministic: bool = False  # bitwise-reproducible kernels (slower on some devices)
+
+    def validate(self) -> TrainConfig:
+        """Raise UsageError on values no run can use."""
+        positive = ("epochs", "batch_size", "eval_batch_size", "keep", "lr_step")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise UsageError(f"{name} must be positive, got {getattr(self, name)}")
+        nonneg = ("steps", "padding", "val_split", "limit_train", "limit_test", "image_size",
+                  "warmup_steps", "save_every_steps")
+        for name in nonneg:
+            if getattr(self, name) < 0:
+                raise UsageError(f"{name} must be zero or positive, got {getattr(self, name)}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise UsageError(f"lr must be a positive number, got {self.lr}")
+        for name in ("momentum", "weight_decay", "lr_gamma"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v >= 0):
+                raise UsageError(f"{name} must be zero or positive, got {v}")
+        if not 0 <= self.label_smoothing < 1:
+            raise UsageError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        choices = {"schedule": SCHEDULES, "precision": PRECISIONS, "normalize": NORMALIZATIONS,
+                   "channels_last": ("auto", "on", "off"), "compile": ("auto", "on", "off"),
+                   "shortcut": ("", "A", "B")}
+        for name, valid in choices.items():
+            if getattr(self, name) not in valid:
+                raise UsageError(f"{name} must be one of {', '.join(map(repr, valid))}, "
+                                 f"got {getattr(self, name)!r}")
+        if self.schedule == "multistep" and not self.lr_milestones:
+            raise UsageError("schedule 'multistep' needs lr_milestones (steps), e.g. [32000, 48000]")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# Presets are data: each is a set of field values over the dataclass defaults.
+PRESETS: dict[str, dict[str, Any]] = {
+    "seed": {
+        "_about": "the seed post exactly: SGD 0.1, momentum 0.9, wd 5e-4, batch 128, "
+        "StepLR(50, 0.1) per epoch, 300 epochs, pad-1 crop + flip, normalise with 0.5/0.5",
+        "model": "seed", "epochs": 300, "batch_size": 128, "lr": 0.1, "momentum": 0.9,
+        "weight_decay": 5e-4, "schedule": "step", "lr_step": 50, "lr_gamma": 0.1,
+        "padding": 1, "flip": True, "normalize": "half",
+    },
+    "paper": {
+        "_about": "He et al. 2016 sec. 4.2: SGD 0.1, momentum 0.9, wd 1e-4, batch 128, lr/10 "
+        "at steps 32k and 48k, stop at 64k; pad-4 crop + flip; per-channel mean/std",
+        "model": "resnet20", "steps": 64000, "batch_size": 128, "lr": 0.1, "momentum": 0.9,
+        "weight_decay": 1e-4, "schedule": "multistep", "lr_milestones": [32000, 48000],
+        "lr_gamma": 0.1, "padding": 4, "flip": True, "normalize": "dataset",
+    },
+}
+
+_FIELDS = {f.name: f for f in fields(TrainConfig)}
+
+
+def _coerce(name: str, value: Any, where: str) -> Any:
+    """Check a value's type against the dataclass field; ints are accepted for floats."""
+    default = getattr(TrainConfig(), name)
+    kind = type(default)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif kind is str:
+        if isinstance(value, str):
+            return value
+    elif kind is list:
+        if isinstance(value, list) and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value
+        ):
+            return list(value)
+        kind = list  # for the message
+    raise UsageError(f"{where}: {name} must be {kind.__name__}, got {value!r}")
+
+
+def apply_overrides(config: TrainConfig, values: dict[str, Any], where: str) -> TrainConfig:
+    """Return ``config`` with ``values`` set; unknown keys are an error listing the valid ones."""
+    changes = {}
+    for key, value in values.items():
+        name = key.replace("-", "_")
+        if name.startswith("_"):
+            continue
+        if name not in _FIELDS:
+            raise UsageError(f"{where}: unknown option {key!r}; valid options: "
+                             f"{', '.join(_FIELDS)}")
+        changes[name] = _coerce(name, value, where)
+    return dataclasses.replace(config, **changes)
+
+
+def preset_config(name: str) -> TrainConfig:
+    if name not in PRESETS:
+        raise UsageError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
+    return apply_overrides(TrainConfig(), PRESETS[name], f"preset {name!r}")
+
+
+def load_toml(path: str) -> dict[str, Any]:
+    """Read a TOML config file: top-level keys are TrainConfig fields (and ``preset``)."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise UsageError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"cannot read config file {path}: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"config file {path} is not valid TOML: {e}") from None
+
+
+def resolve_config(
+    preset: str | None = None,
+    file_values: dict[str, Any] | None = None,
+    flag_values: dict[str, Any] | None = None,
+    file_name: str = "config file",
+) -> tuple[str, TrainConfig]:
+    """Preset, then file, then flags. Returns (preset name, validated config)."""
+    file_values = dict(file_values or {})
+    file_preset = file_values.pop("preset", None)
+    if file_preset is not None and not isinstance(file_preset, str):
+        raise UsageError(f"{file_name}: preset must be a string, got {file_preset!r}")
+    name = preset or file_preset or "seed"
+    config = preset_config(name)
+    config = apply_overrides(config, file_values, file_name)
+    config = apply_overrides(config, flag_values or {}, "command line")
+    return name, config.validate()
+
+
+def config_to_toml(preset: str, config: TrainConfig) -> str:
+    """A TOML document that ``--config`` reads back to the same config."""
+    lines = [f"preset = {json.dumps(preset)}"]
+    for key, value in config.to_dict().items():
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, float):
+            text = repr(value)
+        else:
+            text = json.dumps(value)
+        lines.append(f"{key} = {text}")
+    return "\n".join(lines) + "\n"

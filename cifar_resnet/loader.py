@@ -1,0 +1,147 @@
+"""The device-resident loader: the whole split is one uint8 tensor on the training device and
+every batch is cropped, flipped and normalised there, in a handful of batched tensor ops.
+
+Every random choice of an epoch (the permutation, each image's crop offset and flip) is drawn
+up front from a generator seeded with ``(seed, epoch)``. Batch ``i`` of epoch ``e`` is therefore
+a pure function of ``(seed, e, i)``: a run resumed mid-epoch sees exactly the batches the
+uninterrupted run would have seen, and every rank of a distributed run agrees on them.
+
+Distributed rule: ``batch_size`` is the global batch. Global batch ``i`` is the slice
+``perm[i*B:(i+1)*B]``; rank ``r`` of ``W`` trains on the ``r``-th of ``W`` near-equal parts
+of it. Two ranks at batch 128 therefore see the same images per step as one process at 128.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    g = torch.Generator()
+    # Mix seed and epoch into one 63-bit value; different (seed, epoch) give different streams.
+    g.manual_seed((int(seed) * 1_000_003 + int(epoch) * 7_919 + 12_345) % (2**63 - 1))
+    return g
+
+
+class DeviceLoader:
+    """Batches of ``(images, labels)`` from uint8 images held on ``device``.
+
+    images: uint8 array or tensor (N, H, W, 3). labels: int (N,).
+    train=True shuffles and augments (crop with zero padding ``padding``, flip with p=0.5);
+    train=False yields the split in order, unaugmented, sharded contiguously across ranks.
+    Yielded images are float32 (N, 3, H, W), normalised with ``mean``/``std`` on the 0..1 scale,
+    in channels_last memory format when ``channels_last``.
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray | torch.Tensor,
+        labels: np.ndarray | torch.Tensor,
+        batch_size: int,
+        *,
+        device: torch.device | str = "cpu",
+        train: bool = True,
+        padding: int = 0,
+        flip: bool = True,
+        mean: Sequence[float] = (0.5, 0.5, 0.5),
+        std: Sequence[float] = (0.5, 0.5, 0.5),
+        seed: int = 0,
+        channels_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        self.device = torch.device(device)
+        self.images = torch.as_tensor(images).to(self.device)  # (N, H, W, 3) uint8
+        self.labels = torch.as_tensor(labels, dtype=torch.int64).to(self.device)
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4 or self.images.shape[3] != 3:
+            raise ValueError(f"images must be uint8 (N, H, W, 3), got {tuple(self.images.shape)}")
+        self.batch_size = batch_size
+        self.train = train
+        self.padding = padding
+        self.flip = flip
+        self.seed = seed
+        self.channels_last = channels_last
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+        # (x / 255 - mean) / std == x * scale + shift, per channel.
+        std_t = torch.tensor(std, dtype=torch.float32, device=self.device)
+        mean_t = torch.tensor(mean, dtype=torch.float32, device=self.device)
+        self.scale = (1.0 / (255.0 * std_t)).view(1, 3, 1, 1)
+        self.shift = (-mean_t / std_t).view(1, 3, 1, 1)
+
+    def __len__(self) -> int:
+        """Batches per epoch (global steps); the last partial batch is kept."""
+        n = len(self.labels)
+        if not self.train:
+            n = len(self._eval_shard())
+        return -(-n // self.batch_size)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.labels)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def epoch_plan(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The permutation, crop offsets (N, 2) in 0..2P and flips (N,) of ``epoch``."""
+        n = len(self.labels)
+        g = _epoch_generator(self.seed, epoch)
+        perm = torch.randperm(n, generator=g)
+        offsets = torch.randint(0, 2 * self.padding + 1, (n, 2), generator=g)
+        flips = torch.rand(n, generator=g) < 0.5
+        if not self.flip:
+            flips.zero_()
+        return perm, offsets, flips
+
+    def _eval_shard(self) -> torch.Tensor:
+        n = len(self.labels)
+        return torch.tensor_split(torch.arange(n), self.world_size)[self.rank]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.batches(start=0)
+
+    def batches(self, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches from global step ``start`` of the current epoch to its end."""
+        if not self.train:
+            idx = self._eval_shard().to(self.device)
+            for i in range(start, len(self)):
+                sel = idx[i * self.batch_size : (i + 1) * self.batch_size]
+                yield self.augment(self.images[sel]), self.labels[sel]
+            return
+        perm, offsets, flips = (t.to(self.device) for t in self.epoch_plan(self.epoch))
+        for i in range(start, len(self)):
+            sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            part = torch.tensor_split(torch.arange(len(perm[sl]), device=self.device),
+                                      self.world_size)[self.rank]
+            sel = perm[sl][part]
+            yield (
+                self.augment(self.images[sel], offsets[sl][part], flips[sl][part]),
+                self.labels[sel],
+            )
+
+    def augment(
+        self,
+        x: torch.Tensor,
+        offsets: torch.Tensor | None = None,
+        flips: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """uint8 (B, H, W, 3) -> normalised float (B, 3, H, W), cropped and flipped if given."""
+        b, h, w, _ = x.shape
+        if offsets is not None and self.padding > 0:
+            p = self.padding
+            x = F.pad(x, (0, 0, p, p, p, p))  # zero border: (B, H+2P, W+2P, 3)
+            rows = offsets[:, 0:1] + torch.arange(h, device=x.device)  # (B, H)
+            cols = offsets[:, 1:2] + torch.arange(w, device=x.device)  # (B, W)
+            x = x[torch.arange(b, device=x.device)[:, None, None], rows[:, :, None], cols[:, None, :]]
+        if flips is not None:
+            x = torch.where(flips[:, None, None, None], x.flip(2), x)
+        x = x.permute(0, 3, 1, 2)  # (B, 3, H, W) view, channels_last in memory
+        x = x.float().mul_(self.scale).add_(self.shift)
+        if not self.channels_last:
+            x = x.contiguous()
+        return x

@@ -1,0 +1,168 @@
+"""ResNets for 32x32 images, in a registry.
+
+- ``seed``: the network of the seed post (a blog port of "3-minute deep learning with
+  PyTorch"): 3 stages of 2 BasicBlocks at 16/32/64 channels with 1x1 conv+BN projection
+  shortcuts where the shape changes, 175,258 parameters for 10 classes.
+- ``resnet20`` ... ``resnet110``: He, Zhang, Ren and Sun, "Deep Residual Learning for Image
+  Recognition" (CVPR 2016), section 4.2: 6n+2 layers, n blocks per stage at 16/32/64 channels,
+  option A shortcuts (identity; stride-2 subsampling with zero-padded extra channels, so no
+  extra parameters). The ``...b`` names use option B (1x1 projection + BN where the shape
+  changes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import UsageError
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+_DESCRIPTIONS: dict[str, str] = {}
+
+
+def register_model(name: str, description: str):
+    """Add a factory ``fn(num_classes) -> nn.Module`` to the registry under ``name``."""
+
+    def wrap(fn):
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is registered twice")
+        _REGISTRY[name] = fn
+        _DESCRIPTIONS[name] = description
+        return fn
+
+    return wrap
+
+
+def list_models() -> dict[str, str]:
+    """Registered model names with a one-line description each."""
+    return dict(_DESCRIPTIONS)
+
+
+def create_model(name: str, num_classes: int = 10) -> nn.Module:
+    """Build a registered model; an unknown name is a UsageError listing the valid ones."""
+    if name not in _REGISTRY:
+        raise UsageError(f"unknown model {name!r}; valid models: {', '.join(_REGISTRY)}")
+    if num_classes < 2:
+        raise UsageError(f"a classifier needs at least 2 classes, got {num_classes}")
+    return _REGISTRY[name](num_classes=num_classes)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+class ShortcutA(nn.Module):
+    """He et al. option A: identity, subsampled by ``stride`` and zero-padded to ``planes``
+    channels, so a stage change adds no parameters."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int):
+        super().__init__()
+        self.stride = stride
+        self.extra = planes - in_planes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, :, :: self.stride, :: self.stride]
+        if self.extra:
+            # (B, C, H, W) -> (B, C + extra, H, W); the paper pads the new channels with zeros.
+            x = F.pad(x, (0, 0, 0, 0, 0, self.extra))
+        return x
+
+
+def _projection(in_planes: int, planes: int, stride: int) -> nn.Module:
+    """Option B (and the seed post): 1x1 conv + BN where the shape changes."""
+    return nn.Sequential(
+        nn.Conv2d(in_planes, planes, kernel_size=1, stride=stride, bias=False),
+        nn.BatchNorm2d(planes),
+    )
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 conv+BN layers; ReLU after the first and after the residual sum."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str = "B"):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        if stride == 1 and in_planes == planes:
+            self.shortcut: nn.Module = nn.Identity()
+        elif shortcut == "A":
+            self.shortcut = ShortcutA(in_planes, planes, stride)
+        else:
+            self.shortcut = _projection(in_planes, planes, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    """CIFAR ResNet: 3x3 stem at 16 channels, three stages at 16/32/64 channels with strides
+    1/2/2, global 8x8 average pool, linear classifier."""
+
+    def __init__(
+        self,
+        blocks_per_stage: int,
+        num_classes: int = 10,
+        shortcut: str = "A",
+        he_init: bool = True,
+    ):
+        super().__init__()
+        self.in_planes = 16
+        self.conv1 = nn.Conv2d(3, 16, kernel_size=3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.layer1 = self._make_layer(16, blocks_per_stage, 1, shortcut)  # (B, 16, 32, 32)
+        self.layer2 = self._make_layer(32, blocks_per_stage, 2, shortcut)  # (B, 32, 16, 16)
+        self.layer3 = self._make_layer(64, blocks_per_stage, 2, shortcut)  # (B, 64, 8, 8)
+        self.linear = nn.Linear(64, num_classes)
+        if he_init:
+            # He et al. 2015 ("Delving deep into rectifiers") initialisation, as section 4.2 uses.
+            for m in self.modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                elif isinstance(m, nn.BatchNorm2d):
+                    nn.init.ones_(m.weight)
+                    nn.init.zeros_(m.bias)
+
+    def _make_layer(self, planes: int, blocks: int, stride: int, shortcut: str) -> nn.Sequential:
+        layers = []
+        for s in [stride] + [1] * (blocks - 1):
+            layers.append(BasicBlock(self.in_planes, planes, s, shortcut))
+            self.in_planes = planes
+        return nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer3(self.layer2(self.layer1(out)))
+        # Global average pool: the post's avg_pool2d(out, 8) at 32x32 inputs, any size here.
+        out = torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)  # (B, 64)
+        return self.linear(out)
+
+
+@register_model("seed", "the seed post's ResNet: 2 blocks per stage, projection shortcuts")
+def seed(num_classes: int = 10) -> ResNet:
+    """The seed post's network, with PyTorch's default initialisation as in the post."""
+    return ResNet(2, num_classes, shortcut="B", he_init=False)
+
+
+def _register_he(depth: int) -> None:
+    n = (depth - 2) // 6
+    for option in ("A", "B"):
+        name = f"resnet{depth}" + ("b" if option == "B" else "")
+
+        def factory(num_classes: int = 10, n=n, option=option) -> ResNet:
+            return ResNet(n, num_classes, shortcut=option)
+
+        factory.__doc__ = f"ResNet-{depth}, He et al. 2016 section 4.2, option {option} shortcuts."
+        kind = "identity/zero-pad" if option == "A" else "1x1 projection"
+        register_model(name, f"He et al. 2016 ResNet-{depth} ({kind} shortcuts)")(factory)
+
+
+for _depth in (20, 32, 44, 56, 110):
+    _register_he(_depth)
