@@ -1,0 +1,495 @@
+"""The training loop: ``train_one_epoch``, ``evaluate`` and ``fit`` that ties them together.
+
+One code path for CPU and GPU, fp32 and bf16, eager and compiled: switches, not branches.
+No host synchronisation per step on a GPU: losses and counts are summed on the device and read
+once per epoch (and every ``SYNC_EVERY`` steps to catch a diverged loss early).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from . import checkpoint as ckpt_io
+from .config import TrainConfig, config_to_toml
+from .data import ArraySplit, DataBundle, channel_stats
+from .errors import CheckpointError, DivergedError, Interrupted, OutputError, UsageError
+from .loader import DeviceLoader
+from .models import create_model
+from .schedule import lr_at
+
+HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+METRIC_FIELDS = ["epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_acc",
+                 "test_loss", "test_acc", "epoch_seconds", "images_per_s", "wall_seconds"]
+
+
+# ----------------------------------------------------------------------------- runtime
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for but no CUDA GPU is visible; "
+                         "use --device cpu or auto")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise UsageError(f"unknown device {name!r}; valid devices: auto, cpu, cuda")
+    return torch.device(name)
+
+
+def cpu_has_native_bf16() -> bool:
+    """True where oneDNN runs bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated
+    and far slower than fp32 (measured ~100x on an AVX2-only EPYC)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for fp32."""
+    if precision == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cpu_has_native_bf16() else None
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def resolve_switch(value: str, device: torch.device) -> bool:
+    """'auto' is on for CUDA, off on CPU (measured: no gain there; see BENCHMARKS.md)."""
+    return value == "on" or (value == "auto" and device.type == "cuda")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------- run state
+
+
+@dataclass
+class RunState:
+    """What a checkpoint needs beyond the model and optimizer to continue exactly."""
+
+    epoch: int = 0  # completed epochs
+    step: int = 0  # completed optimizer steps, all epochs
+    epoch_step: int = 0  # completed steps within the current epoch (mid-epoch checkpoints)
+    epoch_sums: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # loss, correct, n
+    epoch_seconds: float = 0.0  # training time spent in the current epoch so far
+    best_val: float = -1.0
+    wall_seconds: float = 0.0
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Stop:
+    """SIGINT/SIGTERM: finish the step, save, exit. A second SIGINT exits at once; the atomic
+    writes mean that no file is left half-written either way."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self):
+        for s in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[s] = signal.signal(s, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            os._exit(130)
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+# ----------------------------------------------------------------------------- steps
+
+
+class Stepper:
+    """One optimisation step, identical in every mode: autocast forward, fp32 loss, backward,
+    SGD. Loss sum, correct count and the first non-finite step are accumulated on the device."""
+
+    def __init__(self, model, optimizer, amp_dtype, device, label_smoothing=0.0, compile=False):
+        self.model = model
+        self.optimizer = optimizer
+        self.amp_dtype = amp_dtype
+        self.device = device
+        self.label_smoothing = label_smoothing
+        self.forward = torch.compile(model) if compile else model
+        self.sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss, correct, n
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16,
+                              enabled=self.amp_dtype is not None)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> torch.Tensor:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with self.autocast():
+            out = self.forward(x)
+        # BatchNorm runs in fp32 under autocast; the loss is computed in fp32 as well.
+        loss = F.cross_entropy(out.float(), y, label_smoothing=self.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        loss = loss.detach()
+        correct = (out.detach().argmax(1) == y).sum()
+        self.sums += torch.stack([loss * y.numel(), correct.double(),
+                                  torch.tensor(y.numel(), device=self.device, dtype=torch.float64)])
+        return loss
+
+
+def make_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.device):
+    kwargs = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                           nesterov=config.nesterov, weight_decay=config.weight_decay, **kwargs)
+
+
+@torch.no_grad()
+def evaluate(model, loader: DeviceLoader, amp_dtype=None, num_classes: int | None = None,
+             tta: bool = False) -> dict[str, Any]:
+    """Loss, accuracy (percent) and the confusion matrix (rows: true, cols: predicted)."""
+    was_training = model.training
+    model.eval()
+    device = loader.device
+    n_cls = num_classes or int(loader.labels.max()) + 1
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    confusion = torch.zeros(n_cls * n_cls, device=device, dtype=torch.int64)
+    with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16,
+                        enabled=amp_dtype is not None):
+        for x, y in loader:
+            logits = model(x).float()
+            if tta:
+                logits = (logits + model(x.flip(3)).float()) / 2
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+            confusion += torch.bincount(y * n_cls + logits.argmax(1), minlength=n_cls * n_cls)
+    model.train(was_training)
+    return _eval_result(loss_sum, confusion.view(n_cls, n_cls))
+
+
+def _eval_result(loss_sum: torch.Tensor, confusion: torch.Tensor) -> dict[str, Any]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(loss_sum)
+        torch.distributed.all_reduce(confusion)
+    confusion = confusion.cpu()
+    count = int(confusion.sum())
+    correct = int(confusion.diag().sum())
+    per_class = confusion.diag().double() / confusion.sum(1).clamp(min=1).double()
+    return {
+        "loss": float(loss_sum) / max(count, 1),
+        "accuracy": 100.0 * correct / max(count, 1),
+        "correct": correct,
+        "count": count,
+        "per_class_accuracy": (100.0 * per_class).tolist(),
+        "confusion": confusion.tolist(),
+    }
+
+
+def train_one_epoch(stepper: Stepper, loader: DeviceLoader, state: RunState, config: TrainConfig,
+                    total_steps: int, stop: Stop, on_step=None, progress: bool = False) -> bool:
+    """Train from ``state.epoch_step`` to the end of the epoch (or ``total_steps``).
+
+    Returns False when stopped early (signal); raises DivergedError on a non-finite loss.
+    """
+    steps_per_epoch = len(loader)
+    sync_every = 1 if loader.device.type == "cpu" else 100
+    stepper.sums.copy_(torch.tensor(state.epoch_sums, dtype=torch.float64))
+    first_bad = torch.full((), -1, dtype=torch.int64, device=loader.device)
+    bar = tqdm(total=steps_per_epoch, initial=state.epoch_step, disable=not progress,
+               leave=False, unit="step", dynamic_ncols=True, desc=f"epoch {state.epoch + 1}")
+    start = time.perf_counter()
+    completed = True
+    for x, y in loader.batches(state.epoch_step):
+        if state.step >= total_steps:
+            break
+        loss = stepper.step(x, y, lr_at(config, state.step, steps_per_epoch, total_steps))
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss),
+                                torch.tensor(state.step, device=loader.device), first_bad)
+        state.step += 1
+        state.epoch_step += 1
+        bar.update(1)
+        if state.epoch_step % sync_every == 0 or state.epoch_step == steps_per_epoch:
+            bad = int(first_bad)
+            if bad >= 0:
+                bar.close()
+                raise DivergedError(
+                    f"the loss became non-finite at epoch {state.epoch + 1}, step {bad + 1} "
+                    f"(lr {lr_at(config, bad, steps_per_epoch, total_steps):g}); lower --lr or "
+                    "check the data; the last good checkpoint is kept")
+        if on_step is not None:
+            on_step()
+        if stop.signum is not None:
+            completed = False
+            break
+    bar.close()
+    state.epoch_sums = stepper.sums.tolist()
+    state.epoch_seconds += time.perf_counter() - start
+    return completed and (state.epoch_step >= steps_per_epoch or state.step >= total_steps)
+
+
+# ----------------------------------------------------------------------------- fit
+
+
+@dataclass
+class Prepared:
+    """Everything built from the data and the config before the first step."""
+
+    train: ArraySplit
+    val: ArraySplit | None
+    test: ArraySplit
+    classes: list[str]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+def prepare_data(config: TrainConfig, bundle: DataBundle) -> Prepared:
+    """Validation split, subsets and normalisation statistics, all seeded by config.seed."""
+    from .data import split_validation, subset
+
+    train, val = bundle.train, None
+    if config.val_split:
+        if config.val_split >= len(train.labels):
+            raise UsageError(f"--val-split {config.val_split} leaves no training images "
+                             f"(the training set has {len(train.labels)})")
+        train, val = split_validation(train, config.val_split, config.seed)
+    train = subset(train, config.limit_train or None, config.seed)
+    test = subset(bundle.test, config.limit_test or None, config.seed)
+    if config.normalize == "dataset":
+        mean, std = channel_stats(train.images)
+    else:
+        mean, std = HALF
+    return Prepared(train, val, test, list(bundle.classes), tuple(mean), tuple(std))
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"cannot write {path}: {e.strerror or e}; check the output folder's "
+                          "permissions and free space") from None
+
+
+def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: row.get(k, "") for k in METRIC_FIELDS})
+    _write_text_atomic(path, buf.getvalue())
+
+
+def epoch_line(row: dict[str, Any]) -> str:
+    """The seed post's line, then the rest of the epoch's figures."""
+    line = f"[{row['epoch']}] Test Loss: {row['test_loss']:.4f}, Accuracy: {row['test_acc']:.2f}%"
+    if row.get("val_acc") not in (None, ""):
+        line += f" | val loss {row['val_loss']:.4f} acc {row['val_acc']:.2f}%"
+    return (line + f" | train loss {row['train_loss']:.4f} acc {row['train_acc']:.2f}%"
+            f" | lr {row['lr']:.4g} | {row['epoch_seconds']:.1f}s {row['images_per_s']:.0f} img/s")
+
+
+def fit(
+    config: TrainConfig,
+    bundle: DataBundle,
+    out_dir: str | os.PathLike,
+    *,
+    preset: str = "seed",
+    device: str = "auto",
+    resume: dict[str, Any] | None = None,
+    quiet: bool = False,
+    progress: bool | None = None,
+    log=print,
+) -> dict[str, Any]:
+    """Train ``config`` on ``bundle``, writing the run folder ``out_dir``; returns the summary.
+
+    ``resume`` is a loaded checkpoint of this run to continue from.
+    """
+    dev = resolve_device(device)
+    amp_dtype = resolve_precision(config.precision, dev)
+    channels_last = resolve_switch(config.channels_last, dev)
+    use_compile = resolve_switch(config.compile, dev)
+    if config.deterministic:
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    elif dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    out = Path(out_dir)
+    _prepare_out_dir(out)
+    seed_everything(config.seed)
+
+    data = prepare_data(config, bundle)
+    if resume is not None:
+        data.mean, data.std = tuple(resume["mean"]), tuple(resume["std"])
+    n_train = len(data.train.labels)
+    loader = DeviceLoader(data.train.images, data.train.labels, config.batch_size, device=dev,
+                          train=True, padding=config.padding, flip=config.flip, mean=data.mean,
+                          std=data.std, seed=config.seed, channels_last=channels_last)
+    eval_kw = dict(device=dev, train=False, mean=data.mean, std=data.std,
+                   channels_last=channels_last)
+    test_loader = DeviceLoader(data.test.images, data.test.labels, config.eval_batch_size,
+                               **eval_kw)
+    val_loader = None
+    if data.val is not None:
+        val_loader = DeviceLoader(data.val.images, data.val.labels, config.eval_batch_size,
+                                  **eval_kw)
+
+    model = create_model(model_name(config), len(data.classes)).to(dev)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, config, dev)
+    state = RunState()
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        state = RunState(**resume["state"])
+        ckpt_io.set_rng_state(resume["rng"])
+    stepper = Stepper(model, optimizer, amp_dtype, dev, config.label_smoothing, use_compile)
+
+    steps_per_epoch = len(loader)
+    total_steps = config.steps or config.epochs * steps_per_epoch
+    total_epochs = -(-total_steps // steps_per_epoch)
+    meta = {"classes": data.classes, "mean": list(data.mean), "std": list(data.std),
+            "model_name": model_name(config), "preset": preset}
+    _write_text_atomic(out / "config.toml", config_to_toml(preset, config))
+    _write_text_atomic(out / "run.json", json.dumps(
+        {**meta, "device": str(dev), "precision": str(amp_dtype or "fp32"),
+         "channels_last": channels_last, "compile": use_compile, "train_images": n_train,
+         "val_images": 0 if data.val is None else len(data.val.labels),
+         "test_images": len(data.test.labels), "steps_per_epoch": steps_per_epoch,
+         "total_steps": total_steps, "torch": torch.__version__,
+         "data_source": bundle.source}, indent=2) + "\n")
+
+    def save(path: Path) -> None:
+        ckpt_io.save_atomic({
+            "format": "cifar-resnet", "version": ckpt_io.CHECKPOINT_VERSION,
+            "model": ckpt_io.unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+            "state": vars(state).copy(), "rng": ckpt_io.rng_state(),
+            "config": config.to_dict(), **meta,
+        }, path)
+
+    def save_step() -> None:
+        path = ckpt_io.checkpoint_path(out, state.epoch, state.step)
+        save(path)
+        ckpt_io.prune(out, config.keep)
+
+    def on_step() -> None:
+        if config.save_every_steps and state.step % config.save_every_steps == 0 \
+                and state.epoch_step < steps_per_epoch:
+            save_step()
+
+    show_bar = (sys.stdout.isatty() and not quiet) if progress is None else progress
+    if not quiet:
+        log(f"training {meta['model_name']} ({preset} preset) on {n_train} images, "
+            f"{len(data.classes)} classes, {dev}, {amp_dtype or 'fp32'}"
+            f"{', channels_last' if channels_last else ''}{', compiled' if use_compile else ''}; "
+            f"{total_epochs} epochs of {steps_per_epoch} steps; run folder {out}")
+    model.train()
+    with Stop() as stop:
+        while state.step < total_steps:
+            wall = time.perf_counter()
+            done = train_one_epoch(stepper, loader, state, config, total_steps, stop,
+                                   on_step, show_bar)
+            if not done:
+                state.wall_seconds += time.perf_counter() - wall
+                save_step()
+                where = f"epoch {state.epoch + 1}, step {state.step}"
+                raise Interrupted(f"stopped by signal {stop.signum} at {where}; the run is saved: "
+                                  f"continue with `cifar-resnet train --resume {out}`")
+            loss_sum, correct, seen = state.epoch_sums
+            test = evaluate(model, test_loader, amp_dtype, len(data.classes))
+            row = {
+                "epoch": state.epoch + 1, "step": state.step,
+                "lr": lr_at(config, state.step - 1, steps_per_epoch, total_steps),
+                "train_loss": loss_sum / max(seen, 1), "train_acc": 100.0 * correct / max(seen, 1),
+                "test_loss": test["loss"], "test_acc": test["accuracy"],
+                "epoch_seconds": state.epoch_seconds,
+                "images_per_s": seen / max(state.epoch_seconds, 1e-9),
+            }
+            if val_loader is not None:
+                val = evaluate(model, val_loader, amp_dtype, len(data.classes))
+                row.update(val_loss=val["loss"], val_acc=val["accuracy"])
+            state.wall_seconds += time.perf_counter() - wall
+            row["wall_seconds"] = state.wall_seconds
+            state.metrics.append(row)
+            state.epoch += 1
+            state.epoch_step, state.epoch_sums, state.epoch_seconds = 0, [0.0, 0.0, 0.0], 0.0
+            loader.set_epoch(state.epoch)
+            if not quiet:
+                log(epoch_line(row))
+            is_best = val_loader is not None and row["val_acc"] > state.best_val
+            if is_best:
+                state.best_val = row["val_acc"]
+            _write_metrics(out / "metrics.csv", state.metrics)
+            save_step()
+            if is_best:
+                save(out / "best.pt")
+    summary = {
+        "epochs": state.epoch, "steps": state.step, "model": meta["model_name"],
+        "preset": preset, "test_loss": state.metrics[-1]["test_loss"],
+        "test_accuracy": state.metrics[-1]["test_acc"],
+        "best_val_accuracy": state.best_val if val_loader is not None else None,
+        "train_seconds": sum(r["epoch_seconds"] for r in state.metrics),
+        "wall_seconds": state.wall_seconds,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "checkpoint": str(ckpt_io.checkpoint_files(out)[0]),
+    }
+    _write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def model_name(config: TrainConfig) -> str:
+    """The registry name, with ``shortcut`` applied to He et al. ResNets."""
+    name = config.model
+    if config.shortcut and name.startswith("resnet"):
+        name = name.rstrip("b") + ("b" if config.shortcut == "B" else "")
+    return name
+
+
+def _prepare_out_dir(out: Path) -> None:
+    try:
+        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+        for stale in (out / "checkpoints").glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot write to the output folder {out}: {e.strerror or e}; "
+                          "choose a writable --out") from None
+
+
+def check_resume(resume: dict[str, Any], config: TrainConfig, classes: list[str],
+                 path: Path) -> None:
+    """Refuse to continue a checkpoint with another model or class list."""
+    if resume["model_name"] != model_name(config):
+        raise CheckpointError(f"{path} holds a {resume['model_name']} model but the run asks for "
+                              f"{model_name(config)}; drop --model or start a new --out")
+    if list(resume["classes"]) != list(classes):
+        raise CheckpointError(f"{path} was trained on classes {resume['classes'][:5]}... but the "
+                              f"data has {classes[:5]}...; resume with the same --data")
+
+
