@@ -1,0 +1,68 @@
+import pytest
+import torch
+
+from cifar_resnet.errors import UsageError
+from cifar_resnet.models import (
+    ShortcutA,
+    count_parameters,
+    create_model,
+    list_models,
+    register_model,
+)
+
+# Parameter counts at 10 classes: the seed post, and He et al. 2016 (option A adds none).
+EXPECTED = {"seed": 175_258, "resnet20": 269_722, "resnet32": 464_154, "resnet44": 658_586,
+            "resnet56": 853_018, "resnet110": 1_727_962}
+
+
+@pytest.mark.parametrize("name,count", EXPECTED.items())
+def test_parameter_counts(name, count):
+    assert count_parameters(create_model(name, 10)) == count
+
+
+def test_option_b_adds_projection_parameters():
+    # Two stage changes, each a 1x1 conv (in*out) plus BN (2*out).
+    extra = (16 * 32 + 2 * 32) + (32 * 64 + 2 * 64)
+    assert count_parameters(create_model("resnet20b")) == EXPECTED["resnet20"] + extra
+
+
+@pytest.mark.parametrize("name", list(list_models()))
+def test_output_shape_and_gradients(name):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=7)
+    x = torch.randn(4, 3, 32, 32)
+    out = model(x)
+    assert out.shape == (4, 7)
+    assert torch.isfinite(out).all()
+    out.logsumexp(1).sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum()]
+    assert not missing
+
+
+def test_other_input_sizes_pool_globally():
+    assert create_model("resnet20", 3)(torch.randn(2, 3, 64, 64)).shape == (2, 3)
+
+
+def test_shortcut_a_subsamples_and_zero_pads():
+    x = torch.arange(2 * 2 * 4 * 4, dtype=torch.float32).view(2, 2, 4, 4)
+    y = ShortcutA(2, 5, stride=2)(x)
+    assert y.shape == (2, 5, 2, 2)
+    assert torch.equal(y[:, :2], x[:, :, ::2, ::2])
+    assert not y[:, 2:].any()
+
+
+def test_he_blocks_use_option_a_without_parameters():
+    model = create_model("resnet20")
+    block = model.layer2[0]
+    assert isinstance(block.shortcut, ShortcutA)
+    assert count_parameters(block.shortcut) == 0
+
+
+def test_unknown_model_lists_valid_names():
+    with pytest.raises(UsageError, match="valid models: seed, resnet20"):
+        create_model("resnet18")
+
+
+def test_registry_refuses_duplicates():
+    with pytest.raises(ValueError, match="twice"):
+        register_model("seed", "again")(lambda num_classes: None)
