@@ -172,7 +172,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise UsageError(f"--resume {out}: the folder holds no valid checkpoint")
         if found is not None:
             path, resume_ckpt = found
-            print(f"resuming from {path}", file=sys.stderr if args.quiet else sys.stdout)
+            if not args.quiet:
+                print(f"resuming from {path}")
     elif not out:
         raise UsageError("--out RUN_DIR is required: the run folder for metrics and checkpoints")
 

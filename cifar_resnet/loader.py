@@ -53,6 +53,7 @@ class DeviceLoader:
         channels_last: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        chunk: int = 4096,
     ):
         self.device = torch.device(device)
         self.images = torch.as_tensor(images).to(self.device)  # (N, H, W, 3) uint8
@@ -67,6 +68,7 @@ class DeviceLoader:
         self.channels_last = channels_last
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
+        self.chunk = chunk
         # (x / 255 - mean) / std == x * scale + shift, per channel.
         std_t = torch.tensor(std, dtype=torch.float32, device=self.device)
         mean_t = torch.tensor(mean, dtype=torch.float32, device=self.device)
@@ -105,24 +107,46 @@ class DeviceLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.batches(start=0)
 
-    def batches(self, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Batches from global step ``start`` of the current epoch to its end."""
+    def _local_positions(self) -> tuple[torch.Tensor, list[int]]:
+        """Positions (into the epoch's order) of this rank's images, and its batch sizes."""
+        n, b = len(self.labels), self.batch_size
         if not self.train:
-            idx = self._eval_shard().to(self.device)
-            for i in range(start, len(self)):
-                sel = idx[i * self.batch_size : (i + 1) * self.batch_size]
-                yield self.augment(self.images[sel]), self.labels[sel]
-            return
-        perm, offsets, flips = (t.to(self.device) for t in self.epoch_plan(self.epoch))
-        for i in range(start, len(self)):
-            sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
-            part = torch.tensor_split(torch.arange(len(perm[sl]), device=self.device),
-                                      self.world_size)[self.rank]
-            sel = perm[sl][part]
-            yield (
-                self.augment(self.images[sel], offsets[sl][part], flips[sl][part]),
-                self.labels[sel],
+            shard = self._eval_shard()
+            sizes = [len(c) for c in torch.split(shard, b)]
+            return shard, sizes
+        parts = [torch.tensor_split(torch.arange(i, min(i + b, n)), self.world_size)[self.rank]
+                 for i in range(0, n, b)]
+        return torch.cat(parts), [len(p) for p in parts]
+
+    def batches(self, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches from global step ``start`` of the current epoch to its end.
+
+        Images are augmented ``chunk`` at a time (a few thousand per kernel launch) and each
+        batch is a slice of the chunk: a batch costs no kernel launches of its own.
+        """
+        positions, sizes = self._local_positions()
+        if self.train:
+            perm, offsets, flips = self.epoch_plan(self.epoch)
+            order = perm[positions]
+            offsets, flips = offsets[positions], flips[positions]
+        else:
+            order, offsets, flips = positions, None, None
+        bounds = [0]
+        for s in sizes:
+            bounds.append(bounds[-1] + s)
+        per_chunk = max(1, self.chunk // self.batch_size)
+        for c in range(start, len(sizes), per_chunk):
+            lo, hi = bounds[c], bounds[min(c + per_chunk, len(sizes))]
+            idx = order[lo:hi].to(self.device)
+            x = self.augment(
+                self.images[idx],
+                None if offsets is None else offsets[lo:hi].to(self.device),
+                None if flips is None else flips[lo:hi].to(self.device),
             )
+            y = self.labels[idx]
+            for i in range(c, min(c + per_chunk, len(sizes))):
+                a, z = bounds[i] - lo, bounds[i + 1] - lo
+                yield x[a:z], y[a:z]
 
     def augment(
         self,
@@ -132,7 +156,7 @@ class DeviceLoader:
     ) -> torch.Tensor:
         """uint8 (B, H, W, 3) -> normalised float (B, 3, H, W), cropped and flipped if given."""
         b, h, w, _ = x.shape
-        if offsets is not None and self.padding > 0:
+        if offsets is not None and self.padding > 0 and self.train:
             p = self.padding
             x = F.pad(x, (0, 0, p, p, p, p))  # zero border: (B, H+2P, W+2P, 3)
             rows = offsets[:, 0:1] + torch.arange(h, device=x.device)  # (B, H)

@@ -127,42 +127,98 @@ class Stop:
 
 class Stepper:
     """One optimisation step, identical in every mode: autocast forward, fp32 loss, backward,
-    SGD. Loss sum, correct count and the first non-finite step are accumulated on the device."""
+    SGD with the learning rate held in a device tensor.
 
-    def __init__(self, model, optimizer, amp_dtype, device, label_smoothing=0.0, compile=False):
+    The loss sum, the correct count and the first step with a non-finite loss are accumulated
+    on the device, so a step never waits for the GPU. With ``cuda_graph`` the whole step
+    (forward, backward, optimizer) is captured once into a CUDA graph after ``WARMUP`` eager
+    steps and replayed for every full-size batch: one launch per step instead of hundreds.
+    The eager steps and the replays are the same computation; the last partial batch of an
+    epoch runs eagerly.
+    """
+
+    WARMUP = 3
+
+    def __init__(self, model, optimizer, amp_dtype, device, label_smoothing=0.0, compile=False,
+                 cuda_graph=False):
         self.model = model
         self.optimizer = optimizer
         self.amp_dtype = amp_dtype
         self.device = device
         self.label_smoothing = label_smoothing
         self.forward = torch.compile(model) if compile else model
-        self.sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss, correct, n
+        self.lr = torch.tensor(float(optimizer.param_groups[0]["lr"]), device=device)
+        for group in optimizer.param_groups:
+            group["lr"] = self.lr
+        self.loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+        self.correct = torch.zeros((), device=device, dtype=torch.int64)
+        self.first_bad = torch.full((), -1, device=device, dtype=torch.int64)
+        self.counter = torch.zeros((), device=device, dtype=torch.int64)  # global step
+        self.cuda_graph = cuda_graph and device.type == "cuda"
+        self.graph = None
+        self.eager_steps = 0
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16,
                               enabled=self.amp_dtype is not None)
 
-    def step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> torch.Tensor:
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+    def set_counters(self, loss_sum: float, correct: int, step: int) -> None:
+        self.loss_sum.fill_(loss_sum)
+        self.correct.fill_(correct)
+        self.counter.fill_(step)
+        self.first_bad.fill_(-1)
+
+    def _compute(self, x: torch.Tensor, y: torch.Tensor) -> None:
         with self.autocast():
             out = self.forward(x)
         # BatchNorm runs in fp32 under autocast; the loss is computed in fp32 as well.
         loss = F.cross_entropy(out.float(), y, label_smoothing=self.label_smoothing)
-        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         loss = loss.detach()
-        correct = (out.detach().argmax(1) == y).sum()
-        self.sums += torch.stack([loss * y.numel(), correct.double(),
-                                  torch.tensor(y.numel(), device=self.device, dtype=torch.float64)])
-        return loss
+        self.loss_sum.add_(loss.double() * y.shape[0])
+        self.correct.add_((out.detach().argmax(1) == y).sum())
+        bad = (self.first_bad < 0) & ~torch.isfinite(loss)
+        self.first_bad.copy_(torch.where(bad, self.counter, self.first_bad))
+        self.counter.add_(1)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> None:
+        self.lr.fill_(lr)
+        if self.graph is not None and x.shape == self.static_x.shape:
+            self.static_x.copy_(x)
+            self.static_y.copy_(y)
+            self.graph.replay()
+            return
+        if self.cuda_graph and self.graph is None and self.eager_steps >= self.WARMUP:
+            self._capture(x, y)
+            return self.step(x, y, lr)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.cuda_graph:
+            # Warm-up steps run on a side stream, as CUDA graph capture requires.
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self._compute(x, y)
+            torch.cuda.current_stream().wait_stream(side)
+        else:
+            self._compute(x, y)
+        self.eager_steps += 1
+
+    def _capture(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.static_x, self.static_y = x.clone(), y.clone()
+        self.optimizer.zero_grad(set_to_none=True)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._compute(self.static_x, self.static_y)
+        self.graph = graph
 
 
 def make_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.device):
-    kwargs = {"fused": True} if device.type == "cuda" else {"foreach": True}
-    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                           nesterov=config.nesterov, weight_decay=config.weight_decay, **kwargs)
+    # The fused kernel updates every parameter in one launch and takes the lr as a tensor, so
+    # a changing lr needs no recompile and no host sync (and can live inside a CUDA graph).
+    return torch.optim.SGD(model.parameters(), lr=torch.tensor(config.lr, device=device),
+                           momentum=config.momentum, nesterov=config.nesterov,
+                           weight_decay=config.weight_decay, fused=True)
 
 
 @torch.no_grad()
@@ -209,12 +265,13 @@ def train_one_epoch(stepper: Stepper, loader: DeviceLoader, state: RunState, con
                     total_steps: int, stop: Stop, on_step=None, progress: bool = False) -> bool:
     """Train from ``state.epoch_step`` to the end of the epoch (or ``total_steps``).
 
-    Returns False when stopped early (signal); raises DivergedError on a non-finite loss.
+    Returns False when stopped early by a signal; raises DivergedError on a non-finite loss.
     """
     steps_per_epoch = len(loader)
+    # Reading a device value waits for the GPU; on a CPU it costs nothing.
     sync_every = 1 if loader.device.type == "cpu" else 100
-    stepper.sums.copy_(torch.tensor(state.epoch_sums, dtype=torch.float64))
-    first_bad = torch.full((), -1, dtype=torch.int64, device=loader.device)
+    loss_sum, correct, seen = state.epoch_sums
+    stepper.set_counters(loss_sum, int(correct), state.step)
     bar = tqdm(total=steps_per_epoch, initial=state.epoch_step, disable=not progress,
                leave=False, unit="step", dynamic_ncols=True, desc=f"epoch {state.epoch + 1}")
     start = time.perf_counter()
@@ -222,29 +279,36 @@ def train_one_epoch(stepper: Stepper, loader: DeviceLoader, state: RunState, con
     for x, y in loader.batches(state.epoch_step):
         if state.step >= total_steps:
             break
-        loss = stepper.step(x, y, lr_at(config, state.step, steps_per_epoch, total_steps))
-        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss),
-                                torch.tensor(state.step, device=loader.device), first_bad)
+        stepper.step(x, y, lr_at(config, state.step, steps_per_epoch, total_steps))
+        seen += y.shape[0]
         state.step += 1
         state.epoch_step += 1
         bar.update(1)
         if state.epoch_step % sync_every == 0 or state.epoch_step == steps_per_epoch:
-            bad = int(first_bad)
-            if bad >= 0:
-                bar.close()
-                raise DivergedError(
-                    f"the loss became non-finite at epoch {state.epoch + 1}, step {bad + 1} "
-                    f"(lr {lr_at(config, bad, steps_per_epoch, total_steps):g}); lower --lr or "
-                    "check the data; the last good checkpoint is kept")
+            _check_finite(stepper, state, config, steps_per_epoch, total_steps, bar)
+        if on_step is not None or stop.signum is not None:
+            state.epoch_sums = [float(stepper.loss_sum), float(stepper.correct), seen]
         if on_step is not None:
             on_step()
         if stop.signum is not None:
             completed = False
             break
     bar.close()
-    state.epoch_sums = stepper.sums.tolist()
+    _check_finite(stepper, state, config, steps_per_epoch, total_steps, bar)
+    state.epoch_sums = [float(stepper.loss_sum), float(stepper.correct), seen]
     state.epoch_seconds += time.perf_counter() - start
     return completed and (state.epoch_step >= steps_per_epoch or state.step >= total_steps)
+
+
+def _check_finite(stepper, state, config, steps_per_epoch, total_steps, bar) -> None:
+    bad = int(stepper.first_bad)
+    if bad >= 0:
+        bar.close()
+        epoch, step = bad // steps_per_epoch + 1, bad % steps_per_epoch + 1
+        raise DivergedError(
+            f"the loss became non-finite at epoch {epoch}, step {step} (global step {bad + 1}, "
+            f"lr {lr_at(config, bad, steps_per_epoch, total_steps):g}); lower --lr or check "
+            "the data; the last good checkpoint is kept")
 
 
 # ----------------------------------------------------------------------------- fit
@@ -367,7 +431,11 @@ def fit(
         optimizer.load_state_dict(resume["optimizer"])
         state = RunState(**resume["state"])
         ckpt_io.set_rng_state(resume["rng"])
-    stepper = Stepper(model, optimizer, amp_dtype, dev, config.label_smoothing, use_compile)
+    # CUDA graphs replace torch.compile's job (launch overhead) and the two do not nest here.
+    use_graph = dev.type == "cuda" and config.compile != "on" and not config.deterministic
+    use_compile = use_compile and not use_graph
+    stepper = Stepper(model, optimizer, amp_dtype, dev, config.label_smoothing, use_compile,
+                      cuda_graph=use_graph)
 
     steps_per_epoch = len(loader)
     total_steps = config.steps or config.epochs * steps_per_epoch
@@ -377,7 +445,8 @@ def fit(
     _write_text_atomic(out / "config.toml", config_to_toml(preset, config))
     _write_text_atomic(out / "run.json", json.dumps(
         {**meta, "device": str(dev), "precision": str(amp_dtype or "fp32"),
-         "channels_last": channels_last, "compile": use_compile, "train_images": n_train,
+         "channels_last": channels_last, "compile": use_compile, "cuda_graph": use_graph,
+         "train_images": n_train,
          "val_images": 0 if data.val is None else len(data.val.labels),
          "test_images": len(data.test.labels), "steps_per_epoch": steps_per_epoch,
          "total_steps": total_steps, "torch": torch.__version__,
@@ -405,7 +474,8 @@ def fit(
     if not quiet:
         log(f"training {meta['model_name']} ({preset} preset) on {n_train} images, "
             f"{len(data.classes)} classes, {dev}, {amp_dtype or 'fp32'}"
-            f"{', channels_last' if channels_last else ''}{', compiled' if use_compile else ''}; "
+            f"{', channels_last' if channels_last else ''}{', compiled' if use_compile else ''}"
+            f"{', CUDA graph' if use_graph else ''}; "
             f"{total_epochs} epochs of {steps_per_epoch} steps; run folder {out}")
     model.train()
     with Stop() as stop:

@@ -1,0 +1,135 @@
+"""The command line end to end: real subprocesses, real data where it matters."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import CIFAR_JPEG
+
+
+def run(*args, env=None, timeout=900):
+    return subprocess.run([sys.executable, "-m", "cifar_resnet", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def one_line_error(result, code):
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+def rows(run_dir):
+    with open(run_dir / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+QUICK = ["--epochs", 2, "--batch-size", 16, "--device", "cpu", "--quiet"]
+
+
+def test_train_evaluate_resume_on_tiny_folder(tiny_folder, tmp_path, cache_dir):
+    out = tmp_path / "run"
+    r = run("train", "--data", tiny_folder, "--out", out, *QUICK)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["epochs"] == 2 and summary["steps"] == 2 * 3
+    for name in ("config.toml", "metrics.csv", "summary.json", "run.json"):
+        assert (out / name).is_file()
+    assert [int(r["epoch"]) for r in rows(out)] == [1, 2]
+    run_meta = json.loads((out / "run.json").read_text())
+    assert run_meta["classes"] == ["bright", "dark"]
+    r = run("train", "--resume", out, "--data", tiny_folder, "--epochs", 3, "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert [int(r["epoch"]) for r in rows(out)] == [1, 2, 3]
+    r = run("train", "--resume", out, "--data", tiny_folder, "--model", "resnet20", "--quiet")
+    assert "holds a seed model but the run asks for resnet20" in one_line_error(r, 4)
+
+
+def test_config_file_and_flags(tiny_folder, tmp_path, cache_dir):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('preset = "paper"\nsteps = 4\nlr = 0.05\n')
+    out = tmp_path / "run"
+    r = run("train", "--data", tiny_folder, "--out", out, "--config", cfg, "--lr", 0.02,
+            "--batch-size", 16, "--quiet")
+    assert r.returncode == 0, r.stderr
+    text = (out / "config.toml").read_text()
+    assert 'preset = "paper"' in text and "lr = 0.02" in text and "steps = 4" in text
+    assert 'model = "resnet20"' in text and "padding = 4" in text
+
+
+@pytest.mark.parametrize("args,code,match", [
+    (["--model", "resnet18"], 2, "unknown model 'resnet18'; valid models: seed"),
+    (["--preset", "turbo"], 2, "unknown preset 'turbo'; valid presets: seed, paper"),
+    (["--epochs", 0], 2, "epochs must be positive"),
+    (["--batch-size", -4], 2, "batch_size must be positive"),
+    (["--lr", 0], 2, "lr must be a positive number"),
+    (["--bogus", 1], 2, "unrecognized arguments: --bogus"),
+    (["--lr", "1e4", "--epochs", 60], 6, "the loss became non-finite at epoch"),
+])
+def test_bad_input_is_one_line_with_exit_code(tiny_folder, tmp_path, cache_dir, args, code,
+                                               match):
+    out = tmp_path / "run"
+    r = run("train", "--data", tiny_folder, "--out", out, "--epochs", 1, "--batch-size", 16,
+            *args)
+    assert match in one_line_error(r, code)
+
+
+def test_divergence_keeps_last_good_checkpoint(tiny_folder, tmp_path, cache_dir):
+    import torch
+
+    from cifar_resnet.checkpoint import latest_valid
+
+    out = tmp_path / "run"
+    r = run("train", "--data", tiny_folder, "--out", out, *QUICK[:-1], "--epochs", 60,
+            "--lr", "1e4", "--keep", 60)
+    line = one_line_error(r, 6)
+    bad_epoch = int(line.split("non-finite at epoch ")[1].split(",")[0])
+    _, ckpt = latest_valid(out)
+    assert ckpt["state"]["epoch"] == bad_epoch - 1  # nothing saved from the diverged epoch
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    assert len(rows(out)) == bad_epoch - 1
+
+
+def test_missing_data_and_unwritable_out(tiny_folder, tmp_path, cache_dir):
+    r = run("train", "--data", tmp_path / "nope", "--out", tmp_path / "run")
+    assert "nope" in one_line_error(r, 3)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    r = run("train", "--data", tiny_folder, "--out", blocker / "run", *QUICK)
+    assert "cannot write to the output folder" in one_line_error(r, 5)
+
+
+def test_models_and_presets_commands():
+    r = run("models")
+    assert r.returncode == 0 and "resnet110" in r.stdout and "175,258" in r.stdout
+    r = run("presets")
+    assert r.returncode == 0 and "paper" in r.stdout and "lr_milestones=[32000, 48000]" in r.stdout
+
+
+@pytest.mark.skipif(not CIFAR_JPEG.is_dir(), reason="needs ../shared/data/cifar10-jpeg")
+def test_real_cifar10_subset_train_evaluate_resume(tmp_path, cache_dir):
+    """5,000 training / 1,000 test images of the real data, the seed net, 4 epochs."""
+    out = tmp_path / "run"
+    common = ["--data", CIFAR_JPEG, "--limit-train", 5000, "--limit-test", 1000]
+    r = run("train", *common, "--out", out, "--epochs", 4, "--batch-size", 64, "--lr", 0.05,
+            "--schedule", "onecycle", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    last = [line for line in r.stdout.splitlines() if line.startswith("[4] Test Loss:")]
+    assert last, r.stdout
+    printed = float(last[0].split("Accuracy: ")[1].split("%")[0])
+    assert printed >= 40.0
+    r = run("evaluate", out, *common, "--json")
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert round(result["accuracy"], 2) == printed
+    assert result["count"] == 1000 and len(result["confusion"]) == 10
+    r = run("train", "--resume", out, "--data", CIFAR_JPEG, "--epochs", 5)
+    assert r.returncode == 0, r.stderr
+    assert "[5] Test Loss:" in r.stdout and "[4] Test Loss" not in r.stdout
+    assert [int(r["epoch"]) for r in rows(out)] == [1, 2, 3, 4, 5]
