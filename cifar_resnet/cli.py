@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="val needs a run trained with --val-split (the same images are held out)")
     e.add_argument("--device", default="auto")
     e.add_argument("--json", action="store_true", help="print one JSON object")
-    _add_config_flags(e, only=("limit_test", "image_size", "eval_batch_size", "precision"))
+    _add_config_flags(e, only=(*DATA_FIELDS, "eval_batch_size", "precision"))
 
     sub.add_parser("models", help="list the models")
     sub.add_parser("presets", help="list the presets with their recipes")

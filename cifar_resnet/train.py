@@ -190,7 +190,13 @@ class Stepper:
             self.graph.replay()
             return
         if self.cuda_graph and self.graph is None and self.eager_steps >= self.WARMUP:
-            self._capture(x, y)
+            try:
+                self._capture(x, y)
+            except RuntimeError as e:  # an op that cannot be captured: stay eager, say so
+                print(f"warning: CUDA graph capture failed ({str(e).splitlines()[0][:120]}); "
+                      "continuing without it", file=sys.stderr)
+                self.cuda_graph = False
+                torch.cuda.synchronize()
             return self.step(x, y, lr)
         self.optimizer.zero_grad(set_to_none=True)
         if self.cuda_graph:
