@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Every GPU check in one command, for the lent device machine (one H100), within ~8 minutes:
-#   1. the CUDA-graph step equals the eager step (bench/gpu_selfcheck.py);
-#   2. the seed reference's images/s on the GPU (workers 0 as written, and 8 workers);
-#   3. the full 300-epoch seed recipe with cifar-resnet, evaluation every epoch: wall time,
-#      images/s per epoch and final accuracy.
+#   selfcheck  the CUDA-graph step equals the eager step (bench/gpu_selfcheck.py)
+#   reference  the seed reference's images/s on the GPU (workers 0 as written, and 8)
+#   variants   ms/step of the training step per precision/layout/compile/graph, top kernels
+#   accuracy   no accuracy lost for speed: 15 epochs (StepLR step 5), fp32 vs bf16, 2 seeds
+#   seed       the full 300-epoch seed recipe, evaluation every epoch: wall time, accuracy
+# STAGES="variants accuracy" bash bench/gpu_check.sh runs a subset; EXTRA adds train flags.
 # The device machine gets only the repository, so the data travels packed:
 #   python bench/pack_data.py pack ../shared/data/cifar10-jpeg .gpudata/cifar10-jpeg.npz
 #   cp ../shared/reference/seed_reference.py .gpudata/
@@ -14,32 +16,57 @@ OUT=${OUT:-/tmp/gpu-check}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 CIFAR_RESNET_CACHE=/tmp/cr-cache
 DATA=/tmp/cifar10-jpeg
-EPOCHS=${EPOCHS:-300}
+STAGES=${STAGES:-selfcheck reference variants accuracy seed}
+EXTRA=${EXTRA:-}
 log() { echo "== $(date +%T) $*"; }
+has() { [[ " $STAGES " == *" $1 "* ]]; }
 
 log "machine"; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
+python3 -c "import torch; print('torch', torch.__version__)"
 [ -d $DATA ] || python3 bench/pack_data.py unpack .gpudata/cifar10-jpeg.npz $DATA
 log "decode + cache"; python3 -c "
 import time; t=time.time()
 from cifar_resnet.data import load_data; b=load_data('$DATA')
 print('decoded', len(b.train.labels), len(b.test.labels), f'in {time.time()-t:.1f}s')"
 
-log "1. graph vs eager"; python3 bench/gpu_selfcheck.py 2>&1 | tee "$OUT/selfcheck.log"
-
-log "2. reference throughput"
-for w in 0 8; do
-  python3 .gpudata/seed_reference.py --data $DATA --epochs 1 --max-steps 300 --no-eval \
-    --workers $w 2>&1 | tail -1 | sed "s/^/reference workers=$w: /" | tee -a "$OUT/reference.log"
-done
-
-log "3. full seed recipe: $EPOCHS epochs"
-start=$(date +%s%N)
-python3 -m cifar_resnet train --data $DATA --out /tmp/run-seed --device cuda \
-  --epochs "$EPOCHS" 2>&1 | tee "$OUT/seed-train.log"
-end=$(date +%s%N)
-echo "seed recipe wall time (process start to exit, data cached): $(( (end - start) / 1000000 )) ms" \
-  | tee -a "$OUT/seed-train.log"
-cp /tmp/run-seed/metrics.csv /tmp/run-seed/summary.json /tmp/run-seed/run.json "$OUT/" 2>/dev/null
-python3 -m cifar_resnet evaluate /tmp/run-seed --data $DATA --device cuda | head -3
+if has selfcheck; then
+  log "graph vs eager"; python3 bench/gpu_selfcheck.py 2>&1 | tee "$OUT/selfcheck.log"
+fi
+if has reference; then
+  log "reference throughput"
+  for w in 0 8; do
+    python3 .gpudata/seed_reference.py --data $DATA --epochs 1 --max-steps 300 --no-eval \
+      --workers $w 2>&1 | tail -1 | sed "s/^/reference workers=$w: /" | tee -a "$OUT/reference.log"
+  done
+fi
+if has variants; then
+  log "step variants"; python3 bench/gpu_variants.py 2>&1 | tee "$OUT/variants.log"
+fi
+if has accuracy; then
+  log "accuracy: fp32 vs bf16, 15 epochs, StepLR step 5, 2 seeds"
+  for p in fp32 bf16; do for s in 0 1; do
+    python3 -m cifar_resnet train --data $DATA --out /tmp/acc-$p-$s --device cuda --epochs 15 \
+      --lr-step 5 --precision $p --seed $s --quiet $EXTRA | tail -1 \
+      | python3 -c "import json,sys; d=json.load(sys.stdin); print('$p seed $s:', d['test_accuracy'], 'train s', round(d['train_seconds'],1))" \
+      | tee -a "$OUT/accuracy.log"
+  done; done
+fi
+# With ONLY_IF_FASTER=X the full run happens only if the best step variant beat the default
+# by X times (a short second device session cannot afford the default's 4 minutes again).
+if has seed && [ -n "${ONLY_IF_FASTER:-}" ] && \
+   ! python3 -c "import sys; sys.exit(float(open('/tmp/best_speedup').read()) < $ONLY_IF_FASTER)"; then
+  log "full seed recipe skipped: no variant ${ONLY_IF_FASTER}x faster than the default"
+  STAGES=${STAGES/seed/}
+fi
+if has seed; then
+  [ -f /tmp/best_flags ] && EXTRA="$EXTRA $(cat /tmp/best_flags)"
+  log "full seed recipe $EXTRA"
+  start=$(date +%s%N)
+  python3 -m cifar_resnet train --data $DATA --out /tmp/run-seed --device cuda $EXTRA 2>&1 \
+    | tee "$OUT/seed-train.log" | awk 'NR<=3 || /^\[(50|100|150|200|250|300)\]/ || !/^\[/'
+  end=$(date +%s%N)
+  echo "seed recipe wall time (process start to exit, data cached): $(( (end - start) / 1000000 )) ms" \
+    | tee -a "$OUT/seed-train.log"
+  cp /tmp/run-seed/metrics.csv /tmp/run-seed/summary.json /tmp/run-seed/run.json "$OUT/" 2>/dev/null
+fi
 log "done"

@@ -68,9 +68,16 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-def resolve_switch(value: str, device: torch.device) -> bool:
-    """'auto' is on for CUDA, off on CPU (measured: no gain there; see BENCHMARKS.md)."""
-    return value == "on" or (value == "auto" and device.type == "cuda")
+def resolve_channels_last(value: str) -> bool:
+    """'auto' is on: NHWC was 1.3x faster per fp32 step on the 2-core AVX2 CPU (oneDNN) and is
+    what cuDNN's bf16 kernels want (BENCHMARKS.md)."""
+    return value != "off"
+
+
+def resolve_compile(value: str) -> bool:
+    """'auto' is off: on the CPU torch.compile gave no gain over channels_last after 20-45 s of
+    compiling; on a GPU the whole step is a CUDA graph instead (BENCHMARKS.md)."""
+    return value == "on"
 
 
 def seed_everything(seed: int) -> None:
@@ -400,8 +407,8 @@ def fit(
     """
     dev = resolve_device(device)
     amp_dtype = resolve_precision(config.precision, dev)
-    channels_last = resolve_switch(config.channels_last, dev)
-    use_compile = resolve_switch(config.compile, dev)
+    channels_last = resolve_channels_last(config.channels_last)
+    use_compile = resolve_compile(config.compile)
     if config.deterministic:
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
@@ -437,9 +444,7 @@ def fit(
         optimizer.load_state_dict(resume["optimizer"])
         state = RunState(**resume["state"])
         ckpt_io.set_rng_state(resume["rng"])
-    # CUDA graphs replace torch.compile's job (launch overhead) and the two do not nest here.
-    use_graph = dev.type == "cuda" and config.compile != "on" and not config.deterministic
-    use_compile = use_compile and not use_graph
+    use_graph = dev.type == "cuda" and not config.deterministic
     stepper = Stepper(model, optimizer, amp_dtype, dev, config.label_smoothing, use_compile,
                       cuda_graph=use_graph)
 
