@@ -49,6 +49,8 @@ FIELD_HELP = {
     "keep": "how many checkpoints to keep in RUN/checkpoints",
     "save_every_steps": "also checkpoint every N steps inside an epoch (long epochs, preemption)",
     "deterministic": "bitwise-reproducible kernels: a resumed run equals an uninterrupted one",
+    "sync_bn": "with torchrun: BatchNorm statistics over the global batch (SyncBatchNorm); "
+    "use it when the per-GPU batch is small",
 }
 DATA_FIELDS = ("val_split", "limit_train", "limit_test", "image_size")
 
@@ -108,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "valid checkpoint; auto: continue --out if it has one, else start it")
     t.add_argument("--device", default="auto", help="auto (GPU if present), cpu or cuda")
     t.add_argument("--quiet", action="store_true", help="print only errors and the summary")
+    t.add_argument("--dist-backend", default="auto", help="with torchrun: auto (nccl on GPUs, "
+                   "gloo on CPUs), nccl or gloo")
+    t.add_argument("--dist-timeout", type=float, default=600.0, metavar="SECONDS",
+                   help="with torchrun: how long a rank waits for the others before the job "
+                   "fails (a dead rank ends the job instead of hanging it)")
     _add_config_flags(t)
 
     e = sub.add_parser("evaluate", help="loss, accuracy, per-class accuracy, confusion matrix",
@@ -189,7 +196,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if resume_ckpt is not None:
         check_resume(resume_ckpt, config, bundle.classes, Path(out))
     summary = fit(config, bundle, out, preset=preset, device=args.device, resume=resume_ckpt,
-                  quiet=args.quiet)
+                  quiet=args.quiet, dist_backend=args.dist_backend,
+                  dist_timeout=args.dist_timeout)
+    if "checkpoint" not in summary:  # not rank 0 of a torchrun job
+        return 0
     print(json.dumps(summary) if args.quiet else
           f"done: test accuracy {summary['test_accuracy']:.2f}% after {summary['epochs']} epochs "
           f"({summary['wall_seconds']:.0f}s); summary in {Path(out) / 'summary.json'}")

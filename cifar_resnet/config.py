@@ -58,6 +58,7 @@ class TrainConfig:
     keep: int = 2  # epoch checkpoints kept in RUN/checkpoints
     save_every_steps: int = 0  # also checkpoint every N steps within an epoch (0 = off)
     deterministic: bool = False  # bitwise-reproducible kernels (slower on some devices)
+    sync_bn: bool = False  # distributed: BatchNorm statistics over the global batch
 
     def validate(self) -> TrainConfig:
         """Raise UsageError on values no run can use."""

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import checkpoint as ckpt_io
+from . import distributed
 from .config import TrainConfig, config_to_toml
 from .data import ArraySplit, DataBundle, channel_stats
 from .errors import CheckpointError, DivergedError, Interrupted, OutputError, UsageError
@@ -299,11 +300,17 @@ def train_one_epoch(stepper: Stepper, loader: DeviceLoader, state: RunState, con
         bar.update(1)
         if state.epoch_step % sync_every == 0 or state.epoch_step == steps_per_epoch:
             _check_finite(stepper, state, config, steps_per_epoch, total_steps, bar)
-        if on_step is not None or stop.signum is not None:
+        stopping = stop.signum is not None
+        if distributed.is_enabled() and state.epoch_step % sync_every == 0:
+            stopping = distributed.any_rank(stopping, loader.device)  # all ranks stop together
+        elif distributed.is_enabled():
+            stopping = False
+        if on_step is not None or stopping:
             state.epoch_sums = [float(stepper.loss_sum), float(stepper.correct), seen]
         if on_step is not None:
             on_step()
-        if stop.signum is not None:
+        if stopping:
+            stop.signum = stop.signum or signal.SIGTERM
             completed = False
             break
     bar.close()
@@ -315,6 +322,10 @@ def train_one_epoch(stepper: Stepper, loader: DeviceLoader, state: RunState, con
 
 def _check_finite(stepper, state, config, steps_per_epoch, total_steps, bar) -> None:
     bad = int(stepper.first_bad)
+    if distributed.is_enabled():  # every rank raises together, naming the same step
+        flags = distributed.all_sum([float(bad >= 0), float(bad if bad >= 0 else 0)],
+                                    stepper.device)
+        bad = int(flags[1] / flags[0]) if flags[0] else -1
     if bad >= 0:
         bar.close()
         epoch, step = bad // steps_per_epoch + 1, bad % steps_per_epoch + 1
@@ -400,12 +411,24 @@ def fit(
     quiet: bool = False,
     progress: bool | None = None,
     log=print,
+    dist_backend: str = "auto",
+    dist_timeout: float = 600.0,
 ) -> dict[str, Any]:
     """Train ``config`` on ``bundle``, writing the run folder ``out_dir``; returns the summary.
 
-    ``resume`` is a loaded checkpoint of this run to continue from.
+    ``resume`` is a loaded checkpoint of this run to continue from. Launched by torchrun,
+    every rank calls ``fit`` with the same arguments; only rank 0 writes and prints.
     """
-    dev = resolve_device(device)
+    dist_info, dev = distributed.setup(resolve_device(device), dist_backend, dist_timeout)
+    try:
+        return _fit(config, bundle, Path(out_dir), preset, dev, resume,
+                    quiet or not dist_info.is_main, progress, log, dist_info)
+    finally:
+        distributed.cleanup()
+
+
+def _fit(config, bundle, out, preset, dev, resume, quiet, progress, log, dist_info):
+    from torch.nn.parallel import DistributedDataParallel
     amp_dtype = resolve_precision(config.precision, dev)
     channels_last = resolve_channels_last(config.channels_last)
     use_compile = resolve_compile(config.compile)
@@ -414,9 +437,13 @@ def fit(
         torch.backends.cudnn.benchmark = False
     elif dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    out = Path(out_dir)
-    _prepare_out_dir(out)
+    main = dist_info.is_main
+    if main:
+        _prepare_out_dir(out)
     seed_everything(config.seed)
+    if dist_info.enabled and config.batch_size < dist_info.world_size:
+        raise UsageError(f"--batch-size {config.batch_size} is the global batch and must be at "
+                         f"least the number of processes ({dist_info.world_size})")
 
     data = prepare_data(config, bundle)
     if resume is not None:
@@ -424,9 +451,11 @@ def fit(
     n_train = len(data.train.labels)
     loader = DeviceLoader(data.train.images, data.train.labels, config.batch_size, device=dev,
                           train=True, padding=config.padding, flip=config.flip, mean=data.mean,
-                          std=data.std, seed=config.seed, channels_last=channels_last)
+                          std=data.std, seed=config.seed, channels_last=channels_last,
+                          rank=dist_info.rank, world_size=dist_info.world_size)
     eval_kw = dict(device=dev, train=False, mean=data.mean, std=data.std,
-                   channels_last=channels_last)
+                   channels_last=channels_last, rank=dist_info.rank,
+                   world_size=dist_info.world_size)
     test_loader = DeviceLoader(data.test.images, data.test.labels, config.eval_batch_size,
                                **eval_kw)
     val_loader = None
@@ -444,26 +473,36 @@ def fit(
         optimizer.load_state_dict(resume["optimizer"])
         state = RunState(**resume["state"])
         ckpt_io.set_rng_state(resume["rng"])
-    use_graph = dev.type == "cuda" and not config.deterministic
-    stepper = Stepper(model, optimizer, amp_dtype, dev, config.label_smoothing, use_compile,
-                      cuda_graph=use_graph)
+    train_model = model
+    if dist_info.enabled:
+        if config.sync_bn:
+            train_model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(train_model)
+        train_model = DistributedDataParallel(
+            train_model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    # DDP's gradient all-reduce is not captured into the graph here: graphs are single-process.
+    use_graph = dev.type == "cuda" and not config.deterministic and not dist_info.enabled
+    stepper = Stepper(train_model, optimizer, amp_dtype, dev, config.label_smoothing,
+                      use_compile, cuda_graph=use_graph)
 
     steps_per_epoch = len(loader)
     total_steps = config.steps or config.epochs * steps_per_epoch
     total_epochs = -(-total_steps // steps_per_epoch)
     meta = {"classes": data.classes, "mean": list(data.mean), "std": list(data.std),
             "model_name": model_name(config), "preset": preset}
-    _write_text_atomic(out / "config.toml", config_to_toml(preset, config))
-    _write_text_atomic(out / "run.json", json.dumps(
-        {**meta, "device": str(dev), "precision": str(amp_dtype or "fp32"),
-         "channels_last": channels_last, "compile": use_compile, "cuda_graph": use_graph,
-         "train_images": n_train,
-         "val_images": 0 if data.val is None else len(data.val.labels),
-         "test_images": len(data.test.labels), "steps_per_epoch": steps_per_epoch,
-         "total_steps": total_steps, "torch": torch.__version__,
-         "data_source": bundle.source}, indent=2) + "\n")
+    if main:
+        _write_run_files(out, preset, config, {
+            **meta, "device": str(dev), "precision": str(amp_dtype or "fp32"),
+            "channels_last": channels_last, "compile": use_compile, "cuda_graph": use_graph,
+            "train_images": n_train,
+            "val_images": 0 if data.val is None else len(data.val.labels),
+            "test_images": len(data.test.labels), "steps_per_epoch": steps_per_epoch,
+            "total_steps": total_steps, "torch": torch.__version__,
+            "data_source": bundle.source, "world_size": dist_info.world_size,
+            "sync_bn": config.sync_bn and dist_info.enabled})
 
     def save(path: Path) -> None:
+        if not main:
+            return
         ckpt_io.save_atomic({
             "format": "cifar-resnet", "version": ckpt_io.CHECKPOINT_VERSION,
             "model": ckpt_io.unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
@@ -472,9 +511,9 @@ def fit(
         }, path)
 
     def save_step() -> None:
-        path = ckpt_io.checkpoint_path(out, state.epoch, state.step)
-        save(path)
-        ckpt_io.prune(out, config.keep)
+        if main:
+            save(ckpt_io.checkpoint_path(out, state.epoch, state.step))
+            ckpt_io.prune(out, config.keep)
 
     def on_step() -> None:
         if config.save_every_steps and state.step % config.save_every_steps == 0 \
@@ -486,7 +525,8 @@ def fit(
         log(f"training {meta['model_name']} ({preset} preset) on {n_train} images, "
             f"{len(data.classes)} classes, {dev}, {amp_dtype or 'fp32'}"
             f"{', channels_last' if channels_last else ''}{', compiled' if use_compile else ''}"
-            f"{', CUDA graph' if use_graph else ''}; "
+            f"{', CUDA graph' if use_graph else ''}"
+            f"{f', {dist_info.world_size} processes' if dist_info.enabled else ''}; "
             f"{total_epochs} epochs of {steps_per_epoch} steps; run folder {out}")
     model.train()
     with Stop() as stop:
@@ -500,7 +540,7 @@ def fit(
                 where = f"epoch {state.epoch + 1}, step {state.step}"
                 raise Interrupted(f"stopped by signal {stop.signum} at {where}; the run is saved: "
                                   f"continue with `cifar-resnet train --resume {out}`")
-            loss_sum, correct, seen = state.epoch_sums
+            loss_sum, correct, seen = distributed.all_sum(state.epoch_sums, dev)
             test = evaluate(model, test_loader, amp_dtype, len(data.classes))
             row = {
                 "epoch": state.epoch + 1, "step": state.step,
@@ -524,7 +564,8 @@ def fit(
             is_best = val_loader is not None and row["val_acc"] > state.best_val
             if is_best:
                 state.best_val = row["val_acc"]
-            _write_metrics(out / "metrics.csv", state.metrics)
+            if main:
+                _write_metrics(out / "metrics.csv", state.metrics)
             save_step()
             if is_best:
                 save(out / "best.pt")
@@ -536,10 +577,28 @@ def fit(
         "train_seconds": sum(r["epoch_seconds"] for r in state.metrics),
         "wall_seconds": state.wall_seconds,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "checkpoint": str(ckpt_io.checkpoint_files(out)[0]),
+        "weights_sha256": weights_digest(model),
     }
-    _write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    if main:
+        summary["checkpoint"] = str(ckpt_io.checkpoint_files(out)[0])
+        _write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """sha256 of every parameter and buffer, in state_dict order: equal digests, equal weights."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in ckpt_io.unwrap(model).state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _write_run_files(out: Path, preset: str, config: TrainConfig, run: dict[str, Any]) -> None:
+    _write_text_atomic(out / "config.toml", config_to_toml(preset, config))
+    _write_text_atomic(out / "run.json", json.dumps(run, indent=2) + "\n")
 
 
 def model_name(config: TrainConfig) -> str:
