@@ -125,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="val needs a run trained with --val-split (the same images are held out)")
     e.add_argument("--device", default="auto")
     e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument("--tta", action="store_true", help="flip test-time augmentation: average the "
+                   "logits of each image and its mirror image (usually a few tenths of a point)")
     _add_config_flags(e, only=(*DATA_FIELDS, "eval_batch_size", "precision"))
 
     sub.add_parser("models", help="list the models")
@@ -212,7 +214,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     path, ckpt = resolve_checkpoint(args.target)
     flags = _flag_values(args)
-    result = evaluate_checkpoint(ckpt, args, flags, split=args.split, device=args.device)
+    result = evaluate_checkpoint(ckpt, args, flags, split=args.split, device=args.device,
+                                 tta=args.tta)
     result["checkpoint"] = str(path)
     if args.json:
         print(json.dumps(result))

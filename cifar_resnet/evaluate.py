@@ -23,7 +23,7 @@ def load_model(ckpt: dict[str, Any] | str, device: str | torch.device = "cpu") -
 
 
 def evaluate_checkpoint(ckpt: dict[str, Any], args, flags: dict[str, Any], split: str = "test",
-                        device: str = "auto") -> dict[str, Any]:
+                        device: str = "auto", tta: bool = False) -> dict[str, Any]:
     from .cli import _load_bundle
     from .data import split_validation, subset
     from .train import evaluate, resolve_device, resolve_precision
@@ -43,8 +43,9 @@ def evaluate_checkpoint(ckpt: dict[str, Any], args, flags: dict[str, Any], split
     loader = DeviceLoader(data.images, data.labels, config.eval_batch_size, device=dev,
                           train=False, mean=ckpt["mean"], std=ckpt["std"])
     model = load_model(ckpt, dev)
-    result = evaluate(model, loader, resolve_precision(config.precision, dev), len(bundle.classes))
-    result.update(split=split, classes=list(ckpt["classes"]), model=ckpt["model_name"])
+    result = evaluate(model, loader, resolve_precision(config.precision, dev), len(bundle.classes),
+                      tta=tta)
+    result.update(tta=tta, split=split, classes=list(ckpt["classes"]), model=ckpt["model_name"])
     return result
 
 
