@@ -27,7 +27,14 @@ from . import checkpoint as ckpt_io
 from . import distributed
 from .config import TrainConfig, config_to_toml
 from .data import ArraySplit, DataBundle, channel_stats
-from .errors import CheckpointError, DivergedError, Interrupted, OutputError, UsageError
+from .errors import (
+    CheckpointError,
+    DistributedError,
+    DivergedError,
+    Interrupted,
+    OutputError,
+    UsageError,
+)
 from .loader import DeviceLoader
 from .models import create_model
 from .schedule import lr_at
@@ -423,6 +430,13 @@ def fit(
     try:
         return _fit(config, bundle, Path(out_dir), preset, dev, resume,
                     quiet or not dist_info.is_main, progress, log, dist_info)
+    except RuntimeError as e:
+        if not dist_info.enabled:
+            raise
+        # A peer died or timed out: say which rank noticed; torchrun names the one that failed.
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise DistributedError(f"rank {dist_info.rank} of {dist_info.world_size} lost the other "
+                               f"ranks ({first}); continue with --resume auto") from None
     finally:
         distributed.cleanup()
 
