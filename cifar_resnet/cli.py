@@ -49,6 +49,12 @@ FIELD_HELP = {
     "keep": "how many checkpoints to keep in RUN/checkpoints",
     "save_every_steps": "also checkpoint every N steps inside an epoch (long epochs, preemption)",
     "deterministic": "bitwise-reproducible kernels: a resumed run equals an uninterrupted one",
+    "eval_every": "evaluate every N epochs (0: only after the last); evaluation is a large share "
+    "of a CPU epoch",
+    "time_budget": "finish training and the final evaluation within this wall time, e.g. 5m, "
+    "90s, 1h30m: steps are planned from measured speed and the schedule fitted to them",
+    "target_accuracy": "stop as soon as this accuracy (percent) is reached; see --target-split",
+    "target_split": "where --target-accuracy is checked: val (needs --val-split) or test",
     "sync_bn": "with torchrun: BatchNorm statistics over the global batch (SyncBatchNorm); "
     "use it when the per-GPU batch is small",
 }
@@ -67,6 +73,19 @@ def _list_of_ints(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
 
 
+def parse_duration(text: str) -> float:
+    """'90s', '5m', '1h30m', '2.5m' or plain seconds -> seconds."""
+    import re
+
+    text = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    parts = re.findall(r"(\d+(?:\.\d+)?)([hms])", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise argparse.ArgumentTypeError(f"expected a duration like 90s, 5m or 1h30m, got {text!r}")
+    return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+
+
 def _add_config_flags(p: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
     defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
@@ -80,6 +99,8 @@ def _add_config_flags(p: argparse.ArgumentParser, only: tuple[str, ...] | None =
             p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
         elif isinstance(default, list):
             p.add_argument(flag, type=_list_of_ints, metavar="N,N", **kw)
+        elif f.name == "time_budget":
+            p.add_argument(flag, type=parse_duration, metavar="DURATION", **kw)
         else:
             p.add_argument(flag, type=type(default), metavar=type(default).__name__.upper(), **kw)
 
@@ -159,9 +180,12 @@ def _load_bundle(args, image_size: int, progress: bool):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import time
+
     from . import checkpoint as ckpt_io
     from .train import check_resume, fit
 
+    started = time.perf_counter()  # --time-budget counts from here, data loading included
     flags = _flag_values(args)
     file_values = load_toml(args.config) if args.config else None
     resume_ckpt, out = None, args.out
@@ -199,7 +223,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         check_resume(resume_ckpt, config, bundle.classes, Path(out))
     summary = fit(config, bundle, out, preset=preset, device=args.device, resume=resume_ckpt,
                   quiet=args.quiet, dist_backend=args.dist_backend,
-                  dist_timeout=args.dist_timeout)
+                  dist_timeout=args.dist_timeout, started=started)
     if "checkpoint" not in summary:  # not rank 0 of a torchrun job
         return 0
     print(json.dumps(summary) if args.quiet else

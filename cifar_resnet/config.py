@@ -59,6 +59,10 @@ class TrainConfig:
     save_every_steps: int = 0  # also checkpoint every N steps within an epoch (0 = off)
     deterministic: bool = False  # bitwise-reproducible kernels (slower on some devices)
     sync_bn: bool = False  # distributed: BatchNorm statistics over the global batch
+    eval_every: int = 1  # evaluate every N epochs (0 = only after the last one)
+    time_budget: float = 0.0  # seconds for the whole run incl. the final evaluation (0 = none)
+    target_accuracy: float = 0.0  # stop once this accuracy (percent) is reached (0 = off)
+    target_split: str = "val"  # where target_accuracy is checked: "val" or "test"
 
     def validate(self) -> TrainConfig:
         """Raise UsageError on values no run can use."""
@@ -67,7 +71,7 @@ class TrainConfig:
             if getattr(self, name) <= 0:
                 raise UsageError(f"{name} must be positive, got {getattr(self, name)}")
         nonneg = ("steps", "padding", "val_split", "limit_train", "limit_test", "image_size",
-                  "warmup_steps", "save_every_steps")
+                  "warmup_steps", "save_every_steps", "eval_every")
         for name in nonneg:
             if getattr(self, name) < 0:
                 raise UsageError(f"{name} must be zero or positive, got {getattr(self, name)}")
@@ -77,11 +81,20 @@ class TrainConfig:
             v = getattr(self, name)
             if not (math.isfinite(v) and v >= 0):
                 raise UsageError(f"{name} must be zero or positive, got {v}")
+        if not (math.isfinite(self.time_budget) and self.time_budget >= 0):
+            raise UsageError(f"time_budget must be zero or a positive number of seconds, got "
+                             f"{self.time_budget}")
+        if not 0 <= self.target_accuracy <= 100:
+            raise UsageError(f"target_accuracy is a percentage in 0..100, got "
+                             f"{self.target_accuracy}")
+        if self.target_accuracy and self.target_split == "val" and not self.val_split:
+            raise UsageError("target_accuracy is checked on the validation split: add "
+                             "--val-split N, or --target-split test to check the test set")
         if not 0 <= self.label_smoothing < 1:
             raise UsageError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         choices = {"schedule": SCHEDULES, "precision": PRECISIONS, "normalize": NORMALIZATIONS,
                    "channels_last": ("auto", "on", "off"), "compile": ("auto", "on", "off"),
-                   "shortcut": ("", "A", "B")}
+                   "shortcut": ("", "A", "B"), "target_split": ("val", "test")}
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise UsageError(f"{name} must be one of {', '.join(map(repr, valid))}, "

@@ -109,6 +109,8 @@ class RunState:
     best_val: float = -1.0
     wall_seconds: float = 0.0
     metrics: list[dict[str, Any]] = field(default_factory=list)
+    planned_steps: int = 0  # with a time budget: the steps the plan fixed (kept on resume)
+    target_seconds: float = -1.0  # wall time at which target_accuracy was reached
 
 
 class Stop:
@@ -342,6 +344,73 @@ def _check_finite(stepper, state, config, steps_per_epoch, total_steps, bar) -> 
             "the data; the last good checkpoint is kept")
 
 
+def plan_time_budget(config: TrainConfig, stepper: Stepper, loader: DeviceLoader,
+                     eval_loaders: list[DeviceLoader], elapsed: float, save_seconds: float,
+                     num_classes: int, log=print) -> int:
+    """How many steps fit in ``config.time_budget`` seconds, evaluations and saves included.
+
+    Times a few steps and one evaluation pass on a throwaway copy of the model (the run itself
+    starts from step 0, so its schedule is laid over exactly the planned steps), then solves
+    ``elapsed + steps * step_s + evals(steps) * eval_s + saves(steps) * save_s <= budget``
+    with a 2% margin.
+    """
+    import copy
+
+    model = copy.deepcopy(ckpt_io.unwrap(stepper.model))
+    probe = Stepper(model, make_optimizer(model, config, stepper.device), stepper.amp_dtype,
+                    stepper.device, config.label_smoothing, cuda_graph=stepper.cuda_graph)
+    sync = torch.cuda.synchronize if stepper.device.type == "cuda" else (lambda: None)
+    batches = loader.batches(0)
+    warm, timed = Stepper.WARMUP + 1, 0
+    t0 = time.perf_counter()
+    for i, (x, y) in enumerate(batches):
+        if i == warm:
+            sync()
+            t0 = time.perf_counter()
+        probe.step(x, y, config.lr * 1e-3)
+        if i >= warm:
+            timed += 1
+            if timed >= 20 or time.perf_counter() - t0 > 0.03 * config.time_budget:
+                break
+    sync()
+    step_s = (time.perf_counter() - t0) / max(timed, 1)
+    t0 = time.perf_counter()
+    for ev in eval_loaders:
+        evaluate(model, ev, stepper.amp_dtype, num_classes)
+    eval_s = time.perf_counter() - t0
+    step_s, eval_s = (v / distributed.from_env().world_size
+                      for v in distributed.all_sum([step_s, eval_s], stepper.device))
+    spe = len(loader)
+    budget = config.time_budget * 0.98 - elapsed - (time.perf_counter() - t0 + eval_s)
+    steps = int(budget / step_s)
+    for _ in range(20):  # evaluations depend on the number of epochs, which depends on steps
+        epochs = -(-steps // spe)
+        evals = -(-epochs // config.eval_every) if config.eval_every else 1
+        fit_steps = int((budget - evals * eval_s - epochs * save_seconds) / step_s)
+        if fit_steps == steps:
+            break
+        steps = max(fit_steps, 0)
+    if steps < 1:
+        raise UsageError(f"--time-budget {config.time_budget:g}s is too short: a step takes "
+                         f"{step_s:.3f}s and an evaluation {eval_s:.1f}s here")
+    log(f"time budget {config.time_budget:g}s: {steps} steps planned ({steps / spe:.1f} epochs; "
+        f"{step_s * 1e3:.1f} ms/step, evaluation {eval_s:.1f}s, {elapsed:.1f}s spent before)")
+    return steps
+
+
+def budget_schedule(config: TrainConfig, planned: int, spe: int) -> TrainConfig:
+    """Lay a schedule written for ``config``'s length over ``planned`` steps: StepLR periods
+    and multistep milestones shrink in proportion, so the decays all happen."""
+    import dataclasses
+
+    full = config.steps or config.epochs * spe
+    ratio = planned / full
+    return dataclasses.replace(
+        config, steps=planned, lr_step=max(1, round(config.lr_step * ratio)),
+        lr_milestones=[max(1, round(m * ratio)) for m in config.lr_milestones],
+        warmup_steps=round(config.warmup_steps * ratio))
+
+
 # ----------------------------------------------------------------------------- fit
 
 
@@ -400,8 +469,10 @@ def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def epoch_line(row: dict[str, Any]) -> str:
     """The seed post's line, then the rest of the epoch's figures."""
-    line = f"[{row['epoch']}] Test Loss: {row['test_loss']:.4f}, Accuracy: {row['test_acc']:.2f}%"
-    if row.get("val_acc") not in (None, ""):
+    line = f"[{row['epoch']}]"
+    if "test_acc" in row:
+        line += f" Test Loss: {row['test_loss']:.4f}, Accuracy: {row['test_acc']:.2f}%"
+    if "val_acc" in row:
         line += f" | val loss {row['val_loss']:.4f} acc {row['val_acc']:.2f}%"
     return (line + f" | train loss {row['train_loss']:.4f} acc {row['train_acc']:.2f}%"
             f" | lr {row['lr']:.4g} | {row['epoch_seconds']:.1f}s {row['images_per_s']:.0f} img/s")
@@ -420,16 +491,20 @@ def fit(
     log=print,
     dist_backend: str = "auto",
     dist_timeout: float = 600.0,
+    started: float | None = None,
 ) -> dict[str, Any]:
     """Train ``config`` on ``bundle``, writing the run folder ``out_dir``; returns the summary.
 
     ``resume`` is a loaded checkpoint of this run to continue from. Launched by torchrun,
     every rank calls ``fit`` with the same arguments; only rank 0 writes and prints.
+    ``started`` (a ``time.perf_counter()`` value) is when the run's clock started, for
+    ``time_budget``; by default, now.
     """
     dist_info, dev = distributed.setup(resolve_device(device), dist_backend, dist_timeout)
     try:
         return _fit(config, bundle, Path(out_dir), preset, dev, resume,
-                    quiet or not dist_info.is_main, progress, log, dist_info)
+                    quiet or not dist_info.is_main, progress, log, dist_info,
+                    time.perf_counter() if started is None else started)
     except RuntimeError as e:
         if not dist_info.enabled:
             raise
@@ -441,7 +516,7 @@ def fit(
         distributed.cleanup()
 
 
-def _fit(config, bundle, out, preset, dev, resume, quiet, progress, log, dist_info):
+def _fit(config, bundle, out, preset, dev, resume, quiet, progress, log, dist_info, started):
     from torch.nn.parallel import DistributedDataParallel
     amp_dtype = resolve_precision(config.precision, dev)
     channels_last = resolve_channels_last(config.channels_last)
@@ -499,6 +574,19 @@ def _fit(config, bundle, out, preset, dev, resume, quiet, progress, log, dist_in
                       use_compile, cuda_graph=use_graph)
 
     steps_per_epoch = len(loader)
+    eval_loaders = [test_loader] + ([val_loader] if val_loader is not None else [])
+    if config.time_budget and not state.planned_steps:
+        probe_path = out / ".budget-probe.pt"
+        t0 = time.perf_counter()
+        if main:
+            ckpt_io.save_atomic({"model": model.state_dict(), "opt": optimizer.state_dict()},
+                                probe_path)
+            probe_path.unlink()
+        save_s = distributed.all_sum([time.perf_counter() - t0], dev)[0]
+        state.planned_steps = plan_time_budget(
+            config, stepper, loader, eval_loaders, time.perf_counter() - started, save_s,
+            len(data.classes), log=(lambda m: None) if quiet else log)
+        config = budget_schedule(config, state.planned_steps, steps_per_epoch)
     total_steps = config.steps or config.epochs * steps_per_epoch
     total_epochs = -(-total_steps // steps_per_epoch)
     meta = {"classes": data.classes, "mean": list(data.mean), "std": list(data.std),
@@ -555,19 +643,25 @@ def _fit(config, bundle, out, preset, dev, resume, quiet, progress, log, dist_in
                 raise Interrupted(f"stopped by signal {stop.signum} at {where}; the run is saved: "
                                   f"continue with `cifar-resnet train --resume {out}`")
             loss_sum, correct, seen = distributed.all_sum(state.epoch_sums, dev)
-            test = evaluate(model, test_loader, amp_dtype, len(data.classes))
             row = {
                 "epoch": state.epoch + 1, "step": state.step,
                 "lr": lr_at(config, state.step - 1, steps_per_epoch, total_steps),
                 "train_loss": loss_sum / max(seen, 1), "train_acc": 100.0 * correct / max(seen, 1),
-                "test_loss": test["loss"], "test_acc": test["accuracy"],
                 "epoch_seconds": state.epoch_seconds,
                 "images_per_s": seen / max(state.epoch_seconds, 1e-9),
             }
-            if val_loader is not None:
-                val = evaluate(model, val_loader, amp_dtype, len(data.classes))
-                row.update(val_loss=val["loss"], val_acc=val["accuracy"])
+            last = state.step >= total_steps
+            if last or (config.eval_every and (state.epoch + 1) % config.eval_every == 0):
+                test = evaluate(model, test_loader, amp_dtype, len(data.classes))
+                row.update(test_loss=test["loss"], test_acc=test["accuracy"])
+                if val_loader is not None:
+                    val = evaluate(model, val_loader, amp_dtype, len(data.classes))
+                    row.update(val_loss=val["loss"], val_acc=val["accuracy"])
             state.wall_seconds += time.perf_counter() - wall
+            reached = config.target_accuracy and \
+                row.get(f"{config.target_split}_acc", -1) >= config.target_accuracy
+            if reached:
+                state.target_seconds = time.perf_counter() - started
             row["wall_seconds"] = state.wall_seconds
             state.metrics.append(row)
             state.epoch += 1
@@ -575,7 +669,7 @@ def _fit(config, bundle, out, preset, dev, resume, quiet, progress, log, dist_in
             loader.set_epoch(state.epoch)
             if not quiet:
                 log(epoch_line(row))
-            is_best = val_loader is not None and row["val_acc"] > state.best_val
+            is_best = "val_acc" in row and row["val_acc"] > state.best_val
             if is_best:
                 state.best_val = row["val_acc"]
             if main:
@@ -583,16 +677,28 @@ def _fit(config, bundle, out, preset, dev, resume, quiet, progress, log, dist_in
             save_step()
             if is_best:
                 save(out / "best.pt")
+            if reached:
+                if not quiet:
+                    log(f"target accuracy {config.target_accuracy:g}% reached on "
+                        f"{config.target_split} after epoch {state.epoch}, "
+                        f"{state.target_seconds:.1f}s")
+                break
     summary = {
         "epochs": state.epoch, "steps": state.step, "model": meta["model_name"],
-        "preset": preset, "test_loss": state.metrics[-1]["test_loss"],
-        "test_accuracy": state.metrics[-1]["test_acc"],
+        "preset": preset, "test_loss": state.metrics[-1].get("test_loss"),
+        "test_accuracy": state.metrics[-1].get("test_acc"),
         "best_val_accuracy": state.best_val if val_loader is not None else None,
         "train_seconds": sum(r["epoch_seconds"] for r in state.metrics),
         "wall_seconds": state.wall_seconds,
         "parameters": sum(p.numel() for p in model.parameters()),
         "weights_sha256": weights_digest(model),
+        "seconds": time.perf_counter() - started,
     }
+    if config.time_budget:
+        summary.update(time_budget=config.time_budget, planned_steps=state.planned_steps)
+    if config.target_accuracy:
+        summary.update(target_accuracy=config.target_accuracy, target_split=config.target_split,
+                       target_seconds=state.target_seconds if state.target_seconds >= 0 else None)
     if main:
         summary["checkpoint"] = str(ckpt_io.checkpoint_files(out)[0])
         _write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")

@@ -133,3 +133,40 @@ def test_real_cifar10_subset_train_evaluate_resume(tmp_path, cache_dir):
     assert r.returncode == 0, r.stderr
     assert "[5] Test Loss:" in r.stdout and "[4] Test Loss" not in r.stdout
     assert [int(r["epoch"]) for r in rows(out)] == [1, 2, 3, 4, 5]
+
+
+def test_time_budget_plans_steps_and_completes_the_schedule(tiny_folder, tmp_path, cache_dir):
+    out = tmp_path / "run"
+    r = run("train", "--data", tiny_folder, "--out", out, "--time-budget", "12s",
+            "--schedule", "onecycle", "--batch-size", 16, "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    assert "time budget 12s:" in r.stdout and "steps planned" in r.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["planned_steps"] == summary["steps"] > 0
+    lrs = [float(row["lr"]) for row in rows(out)]
+    assert lrs[-1] < 0.02 * max(lrs)  # the decay ran to its end, not cut off
+    config = (out / "config.toml").read_text()
+    assert f"steps = {summary['steps']}" in config
+
+
+def test_budget_schedule_shrinks_decays_in_proportion():
+    from cifar_resnet.config import TrainConfig
+    from cifar_resnet.train import budget_schedule
+
+    c = budget_schedule(TrainConfig(epochs=300, lr_step=50), planned=30 * 10, spe=10)
+    assert (c.steps, c.lr_step) == (300, 5)
+    c = budget_schedule(TrainConfig(steps=64000, schedule="multistep",
+                                    lr_milestones=[32000, 48000]), planned=6400, spe=391)
+    assert c.lr_milestones == [3200, 4800]
+
+
+def test_target_accuracy_stops_early(tiny_folder, tmp_path, cache_dir):
+    out = tmp_path / "run"
+    r = run("train", "--data", tiny_folder, "--out", out, "--epochs", 40, "--batch-size", 16,
+            "--target-accuracy", 90, "--target-split", "test", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["test_accuracy"] >= 90 and summary["epochs"] < 40
+    assert summary["target_seconds"] > 0 and "target accuracy 90% reached" in r.stdout
+    r = run("train", "--data", tiny_folder, "--out", tmp_path / "r2", "--target-accuracy", 90)
+    assert "add --val-split N" in one_line_error(r, 2)
