@@ -22,20 +22,25 @@ def stepper(amp, cl, comp, graph):
     model = create_model("seed").to(dev)
     if cl:
         model = model.to(memory_format=torch.channels_last)
-    return Stepper(model, make_optimizer(model, TrainConfig(), dev), amp, dev, compile=comp,
-                   cuda_graph=graph)
+    return Stepper(
+        model, make_optimizer(model, TrainConfig(), dev), amp, dev, compile=comp, cuda_graph=graph
+    )
 
 
 results = {}
 x = torch.randn(128, 3, 32, 32, device=dev)
 y = torch.randint(0, 10, (128,), device=dev)
-for amp, cl, comp, graph in [(torch.bfloat16, True, False, True),
-                             (torch.bfloat16, False, False, True),
-                             (None, True, False, True),
-                             (torch.bfloat16, True, False, False),
-                             (torch.bfloat16, True, True, True)]:
-    name = f"{'bf16' if amp else 'fp32'} {'channels_last' if cl else 'contiguous'}" \
-           f"{' compile' if comp else ''}{' graph' if graph else ' eager'}"
+for amp, cl, comp, graph in [
+    (torch.bfloat16, True, False, True),
+    (torch.bfloat16, False, False, True),
+    (None, True, False, True),
+    (torch.bfloat16, True, False, False),
+    (torch.bfloat16, True, True, True),
+]:
+    name = (
+        f"{'bf16' if amp else 'fp32'} {'channels_last' if cl else 'contiguous'}"
+        f"{' compile' if comp else ''}{' graph' if graph else ' eager'}"
+    )
     try:
         s = stepper(amp, cl, comp, graph)
         xx = x.contiguous(memory_format=torch.channels_last) if cl else x
@@ -52,14 +57,19 @@ for amp, cl, comp, graph in [(torch.bfloat16, True, False, True),
         dt = (time.perf_counter() - t) / n
         if graph and amp is not None:
             results[(cl, comp)] = dt
-        print(f"{name:<40} {dt * 1e3:7.3f} ms/step {128 / dt:9.0f} img/s (warm-up {warm:.1f}s, "
-              f"graph={s.graph is not None})", flush=True)
+        print(
+            f"{name:<40} {dt * 1e3:7.3f} ms/step {128 / dt:9.0f} img/s (warm-up {warm:.1f}s, "
+            f"graph={s.graph is not None})",
+            flush=True,
+        )
     except Exception as e:  # noqa: BLE001 - report and go on to the next variant
         print(f"{name:<40} failed: {str(e).splitlines()[0][:150]}", flush=True)
 
 (cl, comp), best = min(results.items(), key=lambda kv: kv[1])
 default = results.get((True, False), best)
-print(f"best bf16 graph variant: channels_last={cl} compile={comp}, {default / best:.2f}x the default")
+print(
+    f"best bf16 graph variant: channels_last={cl} compile={comp}, {default / best:.2f}x the default"
+)
 with open("/tmp/best_flags", "w") as f:
     f.write(f"--channels-last {'on' if cl else 'off'} --compile {'on' if comp else 'off'}\n")
 with open("/tmp/best_speedup", "w") as f:

@@ -18,8 +18,12 @@ def pack(root: Path, out: Path) -> None:
     blobs = [p.read_bytes() for p in files]
     offsets = np.cumsum([0] + [len(b) for b in blobs])
     out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out, names=np.array([str(p.relative_to(root)).encode() for p in files]),
-             offsets=offsets, data=np.frombuffer(b"".join(blobs), dtype=np.uint8))
+    np.savez(
+        out,
+        names=np.array([str(p.relative_to(root)).encode() for p in files]),
+        offsets=offsets,
+        data=np.frombuffer(b"".join(blobs), dtype=np.uint8),
+    )
     print(f"packed {len(files)} files, {offsets[-1]} bytes, into {out}")
 
 
@@ -29,7 +33,7 @@ def unpack(src: Path, root: Path) -> None:
     for i, name in enumerate(z["names"]):
         path = root / name.decode()
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data[offsets[i]:offsets[i + 1]].tobytes())
+        path.write_bytes(data[offsets[i] : offsets[i + 1]].tobytes())
     print(f"unpacked {len(z['names'])} files into {root}")
 
 

@@ -59,8 +59,10 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> None:
             pass
         if isinstance(e, OSError):
             why = "the disk is full" if e.errno == errno.ENOSPC else e.strerror or str(e)
-            raise OutputError(f"cannot write {path}: {why}; free space or choose another "
-                              "--out; the previous checkpoint is intact") from None
+            raise OutputError(
+                f"cannot write {path}: {why}; free space or choose another "
+                "--out; the previous checkpoint is intact"
+            ) from None
         raise
 
 
@@ -87,9 +89,13 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     except Exception as e:  # noqa: BLE001 - any failure to unpickle means the file is unusable
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if "weights_only" in str(e) or "Unsupported global" in str(e):
-            raise CheckpointError(f"refusing to load {path}: it holds Python objects that "
-                                  "could run code, not only tensors and plain data") from None
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({first[:160]})") from None
+            raise CheckpointError(
+                f"refusing to load {path}: it holds Python objects that "
+                "could run code, not only tensors and plain data"
+            ) from None
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or truncated ({first[:160]})"
+        ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != "cifar-resnet" or "model" not in ckpt:
         raise CheckpointError(f"{path} is not a cifar-resnet checkpoint")
     return ckpt

@@ -70,8 +70,17 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise UsageError(f"{name} must be positive, got {getattr(self, name)}")
-        nonneg = ("steps", "padding", "val_split", "limit_train", "limit_test", "image_size",
-                  "warmup_steps", "save_every_steps", "eval_every")
+        nonneg = (
+            "steps",
+            "padding",
+            "val_split",
+            "limit_train",
+            "limit_test",
+            "image_size",
+            "warmup_steps",
+            "save_every_steps",
+            "eval_every",
+        )
         for name in nonneg:
             if getattr(self, name) < 0:
                 raise UsageError(f"{name} must be zero or positive, got {getattr(self, name)}")
@@ -82,25 +91,39 @@ class TrainConfig:
             if not (math.isfinite(v) and v >= 0):
                 raise UsageError(f"{name} must be zero or positive, got {v}")
         if not (math.isfinite(self.time_budget) and self.time_budget >= 0):
-            raise UsageError(f"time_budget must be zero or a positive number of seconds, got "
-                             f"{self.time_budget}")
+            raise UsageError(
+                f"time_budget must be zero or a positive number of seconds, got {self.time_budget}"
+            )
         if not 0 <= self.target_accuracy <= 100:
-            raise UsageError(f"target_accuracy is a percentage in 0..100, got "
-                             f"{self.target_accuracy}")
+            raise UsageError(
+                f"target_accuracy is a percentage in 0..100, got {self.target_accuracy}"
+            )
         if self.target_accuracy and self.target_split == "val" and not self.val_split:
-            raise UsageError("target_accuracy is checked on the validation split: add "
-                             "--val-split N, or --target-split test to check the test set")
+            raise UsageError(
+                "target_accuracy is checked on the validation split: add "
+                "--val-split N, or --target-split test to check the test set"
+            )
         if not 0 <= self.label_smoothing < 1:
             raise UsageError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        choices = {"schedule": SCHEDULES, "precision": PRECISIONS, "normalize": NORMALIZATIONS,
-                   "channels_last": ("auto", "on", "off"), "compile": ("auto", "on", "off"),
-                   "shortcut": ("", "A", "B"), "target_split": ("val", "test")}
+        choices = {
+            "schedule": SCHEDULES,
+            "precision": PRECISIONS,
+            "normalize": NORMALIZATIONS,
+            "channels_last": ("auto", "on", "off"),
+            "compile": ("auto", "on", "off"),
+            "shortcut": ("", "A", "B"),
+            "target_split": ("val", "test"),
+        }
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
-                raise UsageError(f"{name} must be one of {', '.join(map(repr, valid))}, "
-                                 f"got {getattr(self, name)!r}")
+                raise UsageError(
+                    f"{name} must be one of {', '.join(map(repr, valid))}, "
+                    f"got {getattr(self, name)!r}"
+                )
         if self.schedule == "multistep" and not self.lr_milestones:
-            raise UsageError("schedule 'multistep' needs lr_milestones (steps), e.g. [32000, 48000]")
+            raise UsageError(
+                "schedule 'multistep' needs lr_milestones (steps), e.g. [32000, 48000]"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -112,16 +135,34 @@ PRESETS: dict[str, dict[str, Any]] = {
     "seed": {
         "_about": "the seed post exactly: SGD 0.1, momentum 0.9, wd 5e-4, batch 128, "
         "StepLR(50, 0.1) per epoch, 300 epochs, pad-1 crop + flip, normalise with 0.5/0.5",
-        "model": "seed", "epochs": 300, "batch_size": 128, "lr": 0.1, "momentum": 0.9,
-        "weight_decay": 5e-4, "schedule": "step", "lr_step": 50, "lr_gamma": 0.1,
-        "padding": 1, "flip": True, "normalize": "half",
+        "model": "seed",
+        "epochs": 300,
+        "batch_size": 128,
+        "lr": 0.1,
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "schedule": "step",
+        "lr_step": 50,
+        "lr_gamma": 0.1,
+        "padding": 1,
+        "flip": True,
+        "normalize": "half",
     },
     "paper": {
         "_about": "He et al. 2016 sec. 4.2: SGD 0.1, momentum 0.9, wd 1e-4, batch 128, lr/10 "
         "at steps 32k and 48k, stop at 64k; pad-4 crop + flip; per-channel mean/std",
-        "model": "resnet20", "steps": 64000, "batch_size": 128, "lr": 0.1, "momentum": 0.9,
-        "weight_decay": 1e-4, "schedule": "multistep", "lr_milestones": [32000, 48000],
-        "lr_gamma": 0.1, "padding": 4, "flip": True, "normalize": "dataset",
+        "model": "resnet20",
+        "steps": 64000,
+        "batch_size": 128,
+        "lr": 0.1,
+        "momentum": 0.9,
+        "weight_decay": 1e-4,
+        "schedule": "multistep",
+        "lr_milestones": [32000, 48000],
+        "lr_gamma": 0.1,
+        "padding": 4,
+        "flip": True,
+        "normalize": "dataset",
     },
 }
 
@@ -161,8 +202,9 @@ def apply_overrides(config: TrainConfig, values: dict[str, Any], where: str) -> 
         if name.startswith("_"):
             continue
         if name not in _FIELDS:
-            raise UsageError(f"{where}: unknown option {key!r}; valid options: "
-                             f"{', '.join(_FIELDS)}")
+            raise UsageError(
+                f"{where}: unknown option {key!r}; valid options: {', '.join(_FIELDS)}"
+            )
         changes[name] = _coerce(name, value, where)
     return dataclasses.replace(config, **changes)
 

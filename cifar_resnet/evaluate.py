@@ -22,8 +22,14 @@ def load_model(ckpt: dict[str, Any] | str, device: str | torch.device = "cpu") -
     return model.to(device).eval()
 
 
-def evaluate_checkpoint(ckpt: dict[str, Any], args, flags: dict[str, Any], split: str = "test",
-                        device: str = "auto", tta: bool = False) -> dict[str, Any]:
+def evaluate_checkpoint(
+    ckpt: dict[str, Any],
+    args,
+    flags: dict[str, Any],
+    split: str = "test",
+    device: str = "auto",
+    tta: bool = False,
+) -> dict[str, Any]:
     from .cli import _load_bundle
     from .data import split_validation, subset
     from .train import evaluate, resolve_device, resolve_precision
@@ -32,19 +38,29 @@ def evaluate_checkpoint(ckpt: dict[str, Any], args, flags: dict[str, Any], split
     dev = resolve_device(device)
     bundle = _load_bundle(args, config.image_size, progress=False)
     if list(bundle.classes) != list(ckpt["classes"]):
-        raise UsageError(f"the data's classes {bundle.classes[:4]}... differ from the "
-                         f"checkpoint's {ckpt['classes'][:4]}...; pass the --data it was trained on")
+        raise UsageError(
+            f"the data's classes {bundle.classes[:4]}... differ from the "
+            f"checkpoint's {ckpt['classes'][:4]}...; pass the --data it was trained on"
+        )
     if split == "val":
         if not config.val_split:
             raise UsageError("this run was trained without --val-split; evaluate --split test")
         _, data = split_validation(bundle.train, config.val_split, config.seed)
     else:
         data = subset(bundle.test, config.limit_test or None, config.seed)
-    loader = DeviceLoader(data.images, data.labels, config.eval_batch_size, device=dev,
-                          train=False, mean=ckpt["mean"], std=ckpt["std"])
+    loader = DeviceLoader(
+        data.images,
+        data.labels,
+        config.eval_batch_size,
+        device=dev,
+        train=False,
+        mean=ckpt["mean"],
+        std=ckpt["std"],
+    )
     model = load_model(ckpt, dev)
-    result = evaluate(model, loader, resolve_precision(config.precision, dev), len(bundle.classes),
-                      tta=tta)
+    result = evaluate(
+        model, loader, resolve_precision(config.precision, dev), len(bundle.classes), tta=tta
+    )
     result.update(tta=tta, split=split, classes=list(ckpt["classes"]), model=ckpt["model_name"])
     return result
 
@@ -52,17 +68,23 @@ def evaluate_checkpoint(ckpt: dict[str, Any], args, flags: dict[str, Any], split
 def format_report(r: dict[str, Any]) -> str:
     """A readable table: the headline, per-class accuracy, the confusion matrix."""
     classes = r["classes"]
-    lines = [f"{r['model']} on {r['count']} {r['split']} images: loss {r['loss']:.4f}, "
-             f"accuracy {r['accuracy']:.2f}% ({r['correct']}/{r['count']})", "",
-             "per-class accuracy:"]
+    lines = [
+        f"{r['model']} on {r['count']} {r['split']} images: loss {r['loss']:.4f}, "
+        f"accuracy {r['accuracy']:.2f}% ({r['correct']}/{r['count']})",
+        "",
+        "per-class accuracy:",
+    ]
     width = max(len(c) for c in classes)
     for name, acc, row in zip(classes, r["per_class_accuracy"], r["confusion"]):
         lines.append(f"  {name:<{width}}  {acc:6.2f}%  ({row[classes.index(name)]}/{sum(row)})")
     if len(classes) <= 20:
         short = [c[:5] for c in classes]
         cell = max(5, len(str(max(max(row) for row in r["confusion"]))))
-        lines += ["", "confusion matrix (rows: true class, columns: predicted):",
-                  " " * (width + 2) + " ".join(f"{s:>{cell}}" for s in short)]
+        lines += [
+            "",
+            "confusion matrix (rows: true class, columns: predicted):",
+            " " * (width + 2) + " ".join(f"{s:>{cell}}" for s in short),
+        ]
         for name, row in zip(classes, r["confusion"]):
             lines.append(f"  {name:<{width}}" + " ".join(f"{v:>{cell}}" for v in row))
     return "\n".join(lines)

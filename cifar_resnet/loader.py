@@ -114,8 +114,10 @@ class DeviceLoader:
             shard = self._eval_shard()
             sizes = [len(c) for c in torch.split(shard, b)]
             return shard, sizes
-        parts = [torch.tensor_split(torch.arange(i, min(i + b, n)), self.world_size)[self.rank]
-                 for i in range(0, n, b)]
+        parts = [
+            torch.tensor_split(torch.arange(i, min(i + b, n)), self.world_size)[self.rank]
+            for i in range(0, n, b)
+        ]
         return torch.cat(parts), [len(p) for p in parts]
 
     def batches(self, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -161,7 +163,9 @@ class DeviceLoader:
             x = F.pad(x, (0, 0, p, p, p, p))  # zero border: (B, H+2P, W+2P, 3)
             rows = offsets[:, 0:1] + torch.arange(h, device=x.device)  # (B, H)
             cols = offsets[:, 1:2] + torch.arange(w, device=x.device)  # (B, W)
-            x = x[torch.arange(b, device=x.device)[:, None, None], rows[:, :, None], cols[:, None, :]]
+            x = x[
+                torch.arange(b, device=x.device)[:, None, None], rows[:, :, None], cols[:, None, :]
+            ]
         if flips is not None:
             x = torch.where(flips[:, None, None, None], x.flip(2), x)
         x = x.permute(0, 3, 1, 2)  # (B, 3, H, W) view, channels_last in memory

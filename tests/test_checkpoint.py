@@ -64,8 +64,10 @@ def test_prune_keeps_newest(tmp_path):
     for e in range(1, 5):
         save_atomic(ckpt(), checkpoint_path(tmp_path, e, e * 10))
     prune(tmp_path, 2)
-    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["e0003-s0000030.pt",
-                                                            "e0004-s0000040.pt"]
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == [
+        "e0003-s0000030.pt",
+        "e0004-s0000040.pt",
+    ]
 
 
 def test_full_disk_leaves_previous_file_intact(tmp_path, monkeypatch):

@@ -1,9 +1,7 @@
-from cifar_resnet.config import tomllib
-
 import pytest
 import torch
 
-from cifar_resnet.config import PRESETS, TrainConfig, config_to_toml, resolve_config
+from cifar_resnet.config import PRESETS, TrainConfig, config_to_toml, resolve_config, tomllib
 from cifar_resnet.errors import UsageError
 from cifar_resnet.schedule import lr_at
 
@@ -12,15 +10,32 @@ def test_seed_preset_is_the_post():
     name, c = resolve_config()
     assert name == "seed"
     assert (c.model, c.epochs, c.batch_size, c.lr, c.momentum, c.weight_decay) == (
-        "seed", 300, 128, 0.1, 0.9, 5e-4)
+        "seed",
+        300,
+        128,
+        0.1,
+        0.9,
+        5e-4,
+    )
     assert (c.schedule, c.lr_step, c.lr_gamma, c.padding, c.flip, c.normalize) == (
-        "step", 50, 0.1, 1, True, "half")
+        "step",
+        50,
+        0.1,
+        1,
+        True,
+        "half",
+    )
 
 
 def test_paper_preset_is_he_et_al():
     _, c = resolve_config("paper")
     assert (c.steps, c.lr_milestones, c.weight_decay, c.padding, c.normalize) == (
-        64000, [32000, 48000], 1e-4, 4, "dataset")
+        64000,
+        [32000, 48000],
+        1e-4,
+        4,
+        "dataset",
+    )
 
 
 def test_flags_override_file_override_preset():
@@ -35,17 +50,20 @@ def test_toml_round_trip():
         assert (name2, c2) == (name, c)
 
 
-@pytest.mark.parametrize("values,match", [
-    ({"lrr": 0.1}, "unknown option 'lrr'; valid options: model"),
-    ({"epochs": 0}, "epochs must be positive"),
-    ({"batch_size": -1}, "batch_size must be positive"),
-    ({"lr": 0.0}, "lr must be a positive number"),
-    ({"lr": float("nan")}, "lr must be a positive number"),
-    ({"lr": "fast"}, "lr must be float"),
-    ({"epochs": 2.5}, "epochs must be int"),
-    ({"flip": 1}, "flip must be bool"),
-    ({"schedule": "wavy"}, "schedule must be one of"),
-])
+@pytest.mark.parametrize(
+    "values,match",
+    [
+        ({"lrr": 0.1}, "unknown option 'lrr'; valid options: model"),
+        ({"epochs": 0}, "epochs must be positive"),
+        ({"batch_size": -1}, "batch_size must be positive"),
+        ({"lr": 0.0}, "lr must be a positive number"),
+        ({"lr": float("nan")}, "lr must be a positive number"),
+        ({"lr": "fast"}, "lr must be float"),
+        ({"epochs": 2.5}, "epochs must be int"),
+        ({"flip": 1}, "flip must be bool"),
+        ({"schedule": "wavy"}, "schedule must be one of"),
+    ],
+)
 def test_bad_values_are_usage_errors(values, match):
     with pytest.raises(UsageError, match=match):
         resolve_config(None, values)

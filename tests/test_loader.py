@@ -23,11 +23,11 @@ def test_crop_offsets_cover_0_to_2p_and_border_is_zero():
     perm, offsets, _ = loader.epoch_plan(0)
     assert set(offsets[:, 0].tolist()) == set(range(2 * p + 1))
     assert set(offsets[:, 1].tolist()) == set(range(2 * p + 1))
-    (x, y), = list(loader)
+    ((x, y),) = list(loader)
     padded = np.pad(images, ((0, 0), (p, p), (p, p), (0, 0)))
     for i in range(len(perm)):
         dy, dx = offsets[i].tolist()
-        want = padded[perm[i], dy:dy + 6, dx:dx + 5].transpose(2, 0, 1)
+        want = padded[perm[i], dy : dy + 6, dx : dx + 5].transpose(2, 0, 1)
         np.testing.assert_allclose(x[i].numpy(), want, atol=1e-3)
         assert y[i] == labels[perm[i]]
     # A fully shifted image has a zero border row/column of width p.
@@ -40,7 +40,7 @@ def test_flips_are_per_image():
     loader = DeviceLoader(images, labels, 200, padding=0, flip=True, seed=3, **identity_norm())
     perm, _, flips = loader.epoch_plan(0)
     assert 0 < int(flips.sum()) < 200  # some flipped, some not, within one batch
-    (x, _), = list(loader)
+    ((x, _),) = list(loader)
     for i in range(200):
         want = images[perm[i]].transpose(2, 0, 1)
         if flips[i]:
@@ -52,9 +52,10 @@ def test_normalisation_is_exact():
     images, labels = make(n=8)
     mean, std = (0.4913, 0.4821, 0.4465), (0.2452, 0.2428, 0.2606)
     loader = DeviceLoader(images, labels, 8, train=False, mean=mean, std=std)
-    (x, _), = list(loader)
-    want = (images.transpose(0, 3, 1, 2) / 255.0 - np.array(mean)[:, None, None]) / np.array(
-        std)[:, None, None]
+    ((x, _),) = list(loader)
+    want = (images.transpose(0, 3, 1, 2) / 255.0 - np.array(mean)[:, None, None]) / np.array(std)[
+        :, None, None
+    ]
     np.testing.assert_allclose(x.numpy(), want, rtol=1e-5, atol=1e-5)
 
 
@@ -89,8 +90,10 @@ def test_resume_mid_epoch_sees_the_same_batches():
 def test_ranks_split_each_global_batch_disjointly(world):
     images, labels = make(n=50)
     one = DeviceLoader(images, labels, 16, padding=1, seed=7)
-    ranks = [DeviceLoader(images, labels, 16, padding=1, seed=7, rank=r, world_size=world)
-             for r in range(world)]
+    ranks = [
+        DeviceLoader(images, labels, 16, padding=1, seed=7, rank=r, world_size=world)
+        for r in range(world)
+    ]
     assert all(len(r) == len(one) for r in ranks)
     for (x, y), *parts in zip(one, *ranks):
         assert torch.equal(torch.cat([p[0] for p in parts]), x)
@@ -99,8 +102,11 @@ def test_ranks_split_each_global_batch_disjointly(world):
 
 def test_eval_shards_cover_every_image_once():
     images, labels = make(n=23)
-    seen = [y for r in range(3) for _, y in DeviceLoader(
-        images, labels, 4, train=False, rank=r, world_size=3)]
+    seen = [
+        y
+        for r in range(3)
+        for _, y in DeviceLoader(images, labels, 4, train=False, rank=r, world_size=3)
+    ]
     assert sorted(torch.cat(seen).tolist()) == sorted(labels.tolist())
     assert len(torch.cat(seen)) == 23
 

@@ -11,8 +11,14 @@ from cifar_resnet.models import (
 )
 
 # Parameter counts at 10 classes: the seed post, and He et al. 2016 (option A adds none).
-EXPECTED = {"seed": 175_258, "resnet20": 269_722, "resnet32": 464_154, "resnet44": 658_586,
-            "resnet56": 853_018, "resnet110": 1_727_962}
+EXPECTED = {
+    "seed": 175_258,
+    "resnet20": 269_722,
+    "resnet32": 464_154,
+    "resnet44": 658_586,
+    "resnet56": 853_018,
+    "resnet110": 1_727_962,
+}
 
 
 @pytest.mark.parametrize("name,count", EXPECTED.items())
