@@ -88,11 +88,14 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure to unpickle means the file is unusable
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
+        # Only a refused GLOBAL means "unsafe"; garbage bytes fail as "Unsupported operand".
+        if "GLOBAL" in str(e) or "add_safe_globals" in str(e):
             raise CheckpointError(
                 f"refusing to load {path}: it holds Python objects that "
                 "could run code, not only tensors and plain data"
             ) from None
+        if first.startswith("Weights only load failed"):  # torch's advice does not apply here
+            first = "not a readable checkpoint"
         raise CheckpointError(
             f"checkpoint {path} is corrupt or truncated ({first[:160]})"
         ) from None

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import PRESETS, TrainConfig, load_toml, resolve_config
-from .errors import EXIT_INTERRUPTED, CifarResnetError, UsageError
+from .errors import EXIT_INTERRUPTED, CheckpointError, CifarResnetError, UsageError
 
 # Help for every recipe field: advice, not the flag's name again.
 FIELD_HELP = {
@@ -200,9 +200,19 @@ def cmd_train(args: argparse.Namespace) -> int:
             out = args.resume
             if not Path(out).is_dir():
                 raise UsageError(f"--resume {out}: no such run folder")
-        found = ckpt_io.latest_valid(out, warn=lambda m: print(m, file=sys.stderr))
+        warned: list[str] = []
+        found = ckpt_io.latest_valid(out, warn=warned.append)
+        if found is None and warned:  # checkpoints there but none loads: never start over
+            try:
+                ckpt_io.load_checkpoint(ckpt_io.checkpoint_files(out)[0])
+            except CheckpointError as e:
+                raise CheckpointError(f"{e}, and no older checkpoint is valid; move the bad "
+                                      f"files out of {out}/checkpoints to start over") from None
+        for message in warned:
+            print(message, file=sys.stderr)
         if found is None and args.resume != "auto":
-            raise UsageError(f"--resume {out}: the folder holds no valid checkpoint")
+            raise CheckpointError(f"--resume {out}: the folder holds no checkpoint yet; start "
+                                  f"the run with --out {out} --resume auto")
         if found is not None:
             path, resume_ckpt = found
             if not args.quiet:

@@ -181,7 +181,10 @@ def _coerce(name: str, value: Any, where: str) -> Any:
             return value
     elif kind is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:
+                raise UsageError(f"{where}: {name} is too large, got {value!r}") from None
     elif kind is str:
         if isinstance(value, str):
             return value

@@ -101,3 +101,72 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+def broadcast_buffers(model: torch.nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) on every rank. DDP broadcasts them
+    before each forward, so after an epoch's last step every rank still holds the statistics
+    of its own share; evaluation and the weights digest need the same model on all ranks."""
+    if is_enabled():
+        for buf in model.buffers():
+            dist.broadcast(buf, 0)
+
+
+class _AllReduce(torch.autograd.Function):
+    """Sum over ranks; the gradient of every rank's input is the sum of the output gradients."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor) -> torch.Tensor:
+        t = t.clone()
+        dist.all_reduce(t)
+        return t
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+class _GlobalBatchNorm2d(torch.nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics are those of the global batch (all ranks).
+
+    PyTorch's SyncBatchNorm runs only on GPUs (DDP refuses it on CPU modules), so on CPUs
+    (gloo) ``--sync-bn`` swaps BatchNorm2d layers to this class: the same parameters and
+    buffers, so checkpoints are unchanged. Mean and variance are all-reduced with the
+    autograd-aware ``_AllReduce``, whose backward sums the statistics' gradients over ranks,
+    as SyncBatchNorm's backward does.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and is_enabled()):
+            return super().forward(x)
+        c = x.shape[1]
+        count = torch.full((1,), x.numel() // c, dtype=x.dtype, device=x.device)
+        sums = _AllReduce.apply(torch.cat([x.sum((0, 2, 3)), count]))
+        n = sums[c]
+        mean = sums[:c] / n
+        centred = x - mean.view(1, c, 1, 1)
+        var = _AllReduce.apply(centred.square().sum((0, 2, 3))) / n
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = (1.0 / float(self.num_batches_tracked) if self.momentum is None
+                     else self.momentum)
+                self.running_mean.lerp_(mean.detach(), m)
+                self.running_var.lerp_(var.detach() * n / (n - 1).clamp(min=1), m)
+        y = centred * torch.rsqrt(var + self.eps).view(1, c, 1, 1)
+        if self.affine:
+            y = y * self.weight.view(1, c, 1, 1) + self.bias.view(1, c, 1, 1)
+        return y
+
+
+def convert_sync_batchnorm(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """BatchNorm over the global batch: SyncBatchNorm on GPUs, ``_GlobalBatchNorm2d`` on CPUs
+    (converted in place; the parameters, buffers and state_dict keys stay the same)."""
+    if device.type != "cpu":
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    for module in model.modules():
+        if type(module) is torch.nn.BatchNorm2d:
+            module.__class__ = _GlobalBatchNorm2d
+    return model

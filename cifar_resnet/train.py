@@ -562,10 +562,11 @@ def _fit(config, bundle, out, preset, dev, resume, quiet, progress, log, dist_in
         optimizer.load_state_dict(resume["optimizer"])
         state = RunState(**resume["state"])
         ckpt_io.set_rng_state(resume["rng"])
+        loader.set_epoch(state.epoch)  # the resumed epoch's order, crops and flips
     train_model = model
     if dist_info.enabled:
         if config.sync_bn:
-            train_model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(train_model)
+            train_model = distributed.convert_sync_batchnorm(train_model, dev)
         train_model = DistributedDataParallel(
             train_model, device_ids=[dev.index] if dev.type == "cuda" else None)
     # DDP's gradient all-reduce is not captured into the graph here: graphs are single-process.
@@ -642,6 +643,7 @@ def _fit(config, bundle, out, preset, dev, resume, quiet, progress, log, dist_in
                 where = f"epoch {state.epoch + 1}, step {state.step}"
                 raise Interrupted(f"stopped by signal {stop.signum} at {where}; the run is saved: "
                                   f"continue with `cifar-resnet train --resume {out}`")
+            distributed.broadcast_buffers(model)  # rank 0's BatchNorm statistics on all ranks
             loss_sum, correct, seen = distributed.all_sum(state.epoch_sums, dev)
             row = {
                 "epoch": state.epoch + 1, "step": state.step,
