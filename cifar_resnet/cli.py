@@ -26,6 +26,8 @@ FIELD_HELP = {
     "nesterov": "use Nesterov momentum",
     "weight_decay": "L2 weight decay (5e-4 seed, 1e-4 paper); too high underfits small nets",
     "label_smoothing": "cross-entropy label smoothing, e.g. 0.1; 0 reproduces the seed",
+    "ema": "keep an exponential moving average of the weights with this decay per step "
+    "(e.g. 0.999), evaluated every epoch (ema_test_acc) and saved in checkpoints",
     "schedule": "learning-rate schedule: step (StepLR per epoch), multistep (decay at "
     "--lr-milestones steps), cosine, onecycle (warm-up then linear decay), constant",
     "lr_step": "for --schedule step: decay every this many epochs",
@@ -35,7 +37,7 @@ FIELD_HELP = {
     "padding": "random-crop zero padding in pixels (seed 1, paper 4); 0 disables cropping",
     "flip": "random horizontal flips (--no-flip for data where left/right matters)",
     "normalize": "half: (x-0.5)/0.5 as the seed; dataset: training-set per-channel mean/std",
-    "precision": "auto picks bf16 on GPUs and on CPUs with native bf16, else fp32",
+    "precision": "auto picks bf16 on GPUs and CPUs that run it natively, else fp32",
     "channels_last": "NHWC memory format: auto (on for GPU), on, off",
     "compile": "torch.compile the model: auto (on for GPU), on, off",
     "seed": "seeds the weights, the data order and augmentation; same seed, same run",
@@ -131,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "valid checkpoint; auto: continue --out if it has one, else start it")
     t.add_argument("--device", default="auto", help="auto (GPU if present), cpu or cuda")
     t.add_argument("--quiet", action="store_true", help="print only errors and the summary")
+    t.add_argument("--tensorboard", action="store_true", help="log every epoch's figures and "
+                   "the learning rate to RUN/tensorboard (pip install 'cifar-resnet[tensorboard]')")
+    t.add_argument("--no-report", action="store_true", help="skip the PNG plots and report.md "
+                   "written after training (they need matplotlib: pip install "
+                   "'cifar-resnet[report]')")
     t.add_argument("--dist-backend", default="auto", help="with torchrun: auto (nccl on GPUs, "
                    "gloo on CPUs), nccl or gloo")
     t.add_argument("--dist-timeout", type=float, default=600.0, metavar="SECONDS",
@@ -146,10 +153,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="val needs a run trained with --val-split (the same images are held out)")
     e.add_argument("--device", default="auto")
     e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument("--ema", dest="use_ema", action="store_true", help="evaluate the EMA weights of a run "
+                   "trained with --ema")
     e.add_argument("--tta", action="store_true", help="flip test-time augmentation: average the "
                    "logits of each image and its mirror image (usually a few tenths of a point)")
     _add_config_flags(e, only=(*DATA_FIELDS, "eval_batch_size", "precision"))
 
+    from . import export, predict, report
+
+    report.add_parser(sub)
+    predict.add_parser(sub)
+    export.add_parser(sub)
     sub.add_parser("models", help="list the models")
     sub.add_parser("presets", help="list the presets with their recipes")
     return parser
@@ -233,13 +247,30 @@ def cmd_train(args: argparse.Namespace) -> int:
         check_resume(resume_ckpt, config, bundle.classes, Path(out))
     summary = fit(config, bundle, out, preset=preset, device=args.device, resume=resume_ckpt,
                   quiet=args.quiet, dist_backend=args.dist_backend,
-                  dist_timeout=args.dist_timeout, started=started)
+                  dist_timeout=args.dist_timeout, started=started,
+                  tensorboard=args.tensorboard)
     if "checkpoint" not in summary:  # not rank 0 of a torchrun job
         return 0
+    if not args.no_report:
+        _report_after_training(args, out)
     print(json.dumps(summary) if args.quiet else
           f"done: test accuracy {summary['test_accuracy']:.2f}% after {summary['epochs']} epochs "
           f"({summary['wall_seconds']:.0f}s); summary in {Path(out) / 'summary.json'}")
     return 0
+
+
+def _report_after_training(args: argparse.Namespace, out: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        if not args.quiet:
+            print("(no plots: pip install 'cifar-resnet[report]' for report.md and PNG plots)")
+        return
+    from .report import write_report
+
+    paths = write_report(out, data=args.data, data_dir=args.data_dir, cache_dir=args.cache_dir)
+    if not args.quiet:
+        print(f"report: {Path(out) / 'report.md'} ({len(paths)} files)")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -249,7 +280,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     path, ckpt = resolve_checkpoint(args.target)
     flags = _flag_values(args)
     result = evaluate_checkpoint(ckpt, args, flags, split=args.split, device=args.device,
-                                 tta=args.tta)
+                                 tta=args.tta, ema=args.use_ema)
     result["checkpoint"] = str(path)
     if args.json:
         print(json.dumps(result))
@@ -276,5 +307,24 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "models": cmd_models,
+def _run_report(args):
+    from .report import run
+
+    return run(args)
+
+
+def _run_predict(args):
+    from .predict import run
+
+    return run(args)
+
+
+def _run_export(args):
+    from .export import run
+
+    return run(args)
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "report": _run_report,
+            "predict": _run_predict, "export": _run_export, "models": cmd_models,
             "presets": cmd_presets}

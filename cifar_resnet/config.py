@@ -20,7 +20,8 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 SCHEDULES = ("step", "multistep", "cosine", "onecycle", "constant")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# No fp16: it needs loss scaling (a GradScaler) to train safely; bf16 has fp32's range.
+PRECISIONS = ("auto", "fp32", "bf16")
 NORMALIZATIONS = ("half", "dataset")
 
 
@@ -38,6 +39,7 @@ class TrainConfig:
     nesterov: bool = False
     weight_decay: float = 5e-4  # L2 penalty on every parameter, as torch.optim.SGD applies it
     label_smoothing: float = 0.0  # cross-entropy label smoothing, 0..1
+    ema: float = 0.0  # decay per step of an exponential moving average of the weights (0 = off)
     schedule: str = "step"  # one of SCHEDULES
     lr_step: int = 50  # "step": multiply the lr by lr_gamma every lr_step epochs
     lr_gamma: float = 0.1  # "step"/"multistep": factor at each decay
@@ -103,6 +105,8 @@ class TrainConfig:
                 "target_accuracy is checked on the validation split: add "
                 "--val-split N, or --target-split test to check the test set"
             )
+        if not 0 <= self.ema < 1:
+            raise UsageError(f"ema is a decay per step in [0, 1), e.g. 0.999, got {self.ema}")
         if not 0 <= self.label_smoothing < 1:
             raise UsageError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         choices = {

@@ -13,12 +13,16 @@ from .loader import DeviceLoader
 from .models import create_model
 
 
-def load_model(ckpt: dict[str, Any] | str, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """A trained model in eval mode from a checkpoint dict or file."""
+def load_model(
+    ckpt: dict[str, Any] | str, device: str | torch.device = "cpu", ema: bool = False
+) -> torch.nn.Module:
+    """A trained model in eval mode from a checkpoint dict or file (its EMA weights if ema)."""
     if not isinstance(ckpt, dict):
         ckpt = load_checkpoint(ckpt)
+    if ema and "ema" not in ckpt:
+        raise UsageError("this checkpoint holds no EMA weights: train with --ema DECAY")
     model = create_model(ckpt["model_name"], len(ckpt["classes"]))
-    model.load_state_dict(ckpt["model"])
+    model.load_state_dict(ckpt["ema" if ema else "model"])
     return model.to(device).eval()
 
 
@@ -29,6 +33,7 @@ def evaluate_checkpoint(
     split: str = "test",
     device: str = "auto",
     tta: bool = False,
+    ema: bool = False,
 ) -> dict[str, Any]:
     from .cli import _load_bundle
     from .data import split_validation, subset
@@ -57,11 +62,11 @@ def evaluate_checkpoint(
         mean=ckpt["mean"],
         std=ckpt["std"],
     )
-    model = load_model(ckpt, dev)
+    model = load_model(ckpt, dev, ema=ema)
     result = evaluate(
         model, loader, resolve_precision(config.precision, dev), len(bundle.classes), tta=tta
     )
-    result.update(tta=tta, split=split, classes=list(ckpt["classes"]), model=ckpt["model_name"])
+    result.update(tta=tta, ema=ema, split=split, classes=list(ckpt["classes"]), model=ckpt["model_name"])
     return result
 
 

@@ -41,7 +41,8 @@ from .schedule import lr_at
 
 HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 METRIC_FIELDS = ["epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_acc",
-                 "test_loss", "test_acc", "epoch_seconds", "images_per_s", "wall_seconds"]
+                 "test_loss", "test_acc", "ema_test_loss", "ema_test_acc", "epoch_seconds",
+                 "images_per_s", "wall_seconds"]
 
 
 # ----------------------------------------------------------------------------- runtime
@@ -71,9 +72,9 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     """The autocast dtype, or None for fp32."""
     if precision == "auto":
         if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
         return torch.bfloat16 if cpu_has_native_bf16() else None
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return {"fp32": None, "bf16": torch.bfloat16}[precision]
 
 
 def resolve_channels_last(value: str) -> bool:
@@ -174,6 +175,7 @@ class Stepper:
         self.cuda_graph = cuda_graph and device.type == "cuda"
         self.graph = None
         self.eager_steps = 0
+        self.ema = None  # a torch.optim.swa_utils.AveragedModel, updated after every step
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16,
@@ -200,6 +202,11 @@ class Stepper:
         self.counter.add_(1)
 
     def step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> None:
+        self._step(x, y, lr)
+        if self.ema is not None:
+            update_ema(self.ema, ckpt_io.unwrap(self.model))
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> None:
         self.lr.fill_(lr)
         if self.graph is not None and x.shape == self.static_x.shape:
             self.static_x.copy_(x)
@@ -214,7 +221,7 @@ class Stepper:
                       "continuing without it", file=sys.stderr)
                 self.cuda_graph = False
                 torch.cuda.synchronize()
-            return self.step(x, y, lr)
+            return self._step(x, y, lr)
         self.optimizer.zero_grad(set_to_none=True)
         if self.cuda_graph:
             # Warm-up steps run on a side stream, as CUDA graph capture requires.
@@ -234,6 +241,31 @@ class Stepper:
         with torch.cuda.graph(graph):
             self._compute(self.static_x, self.static_y)
         self.graph = graph
+
+
+def make_ema(model: torch.nn.Module, decay: float):
+    """torch's AveragedModel with an EMA of the parameters and the BatchNorm buffers."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+def update_ema(ema, model: torch.nn.Module) -> None:
+    """``ema.update_parameters(model)`` without its per-step host sync (it reads n_averaged):
+    the first update copies, later ones call the EMA's own foreach lerp directly."""
+    if not getattr(ema, "_started", False):
+        ema.update_parameters(model)
+        ema._started = True
+        return
+    ema_tensors = [*ema.module.parameters(), *ema.module.buffers()]
+    tensors = [*model.parameters(), *model.buffers()]
+    floats = [(e, t) for e, t in zip(ema_tensors, tensors) if e.is_floating_point()]
+    ema.multi_avg_fn([e for e, _ in floats], [t.detach() for _, t in floats], ema.n_averaged)
+    ema.n_averaged += 1
+    with torch.no_grad():  # integer buffers (BatchNorm's num_batches_tracked) are copied
+        for e, t in zip(ema_tensors, tensors):
+            if not e.is_floating_point():
+                e.copy_(t)
 
 
 def make_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.device):
@@ -474,6 +506,8 @@ def epoch_line(row: dict[str, Any]) -> str:
         line += f" Test Loss: {row['test_loss']:.4f}, Accuracy: {row['test_acc']:.2f}%"
     if "val_acc" in row:
         line += f" | val loss {row['val_loss']:.4f} acc {row['val_acc']:.2f}%"
+    if "ema_test_acc" in row:
+        line += f" | EMA test acc {row['ema_test_acc']:.2f}%"
     return (line + f" | train loss {row['train_loss']:.4f} acc {row['train_acc']:.2f}%"
             f" | lr {row['lr']:.4g} | {row['epoch_seconds']:.1f}s {row['images_per_s']:.0f} img/s")
 
@@ -492,6 +526,7 @@ def fit(
     dist_backend: str = "auto",
     dist_timeout: float = 600.0,
     started: float | None = None,
+    tensorboard: bool = False,
 ) -> dict[str, Any]:
     """Train ``config`` on ``bundle``, writing the run folder ``out_dir``; returns the summary.
 
@@ -504,7 +539,7 @@ def fit(
     try:
         return _fit(config, bundle, Path(out_dir), preset, dev, resume,
                     quiet or not dist_info.is_main, progress, log, dist_info,
-                    time.perf_counter() if started is None else started)
+                    time.perf_counter() if started is None else started, tensorboard)
     except RuntimeError as e:
         if not dist_info.enabled:
             raise
@@ -516,7 +551,8 @@ def fit(
         distributed.cleanup()
 
 
-def _fit(config, bundle, out, preset, dev, resume, quiet, progress, log, dist_info, started):
+def _fit(config, bundle, out, preset, dev, resume, quiet, progress, log, dist_info, started,
+         tensorboard):
     from torch.nn.parallel import DistributedDataParallel
     amp_dtype = resolve_precision(config.precision, dev)
     channels_last = resolve_channels_last(config.channels_last)
@@ -573,6 +609,13 @@ def _fit(config, bundle, out, preset, dev, resume, quiet, progress, log, dist_in
     use_graph = dev.type == "cuda" and not config.deterministic and not dist_info.enabled
     stepper = Stepper(train_model, optimizer, amp_dtype, dev, config.label_smoothing,
                       use_compile, cuda_graph=use_graph)
+    if config.ema:
+        stepper.ema = make_ema(model, config.ema)
+        if resume is not None and "ema" in resume:
+            stepper.ema.module.load_state_dict(resume["ema"])
+            stepper.ema.n_averaged.fill_(resume["ema_n_averaged"])
+            stepper.ema._started = True
+    writer = _tensorboard_writer(out) if tensorboard and main else None
 
     steps_per_epoch = len(loader)
     eval_loaders = [test_loader] + ([val_loader] if val_loader is not None else [])
@@ -591,7 +634,8 @@ def _fit(config, bundle, out, preset, dev, resume, quiet, progress, log, dist_in
     total_steps = config.steps or config.epochs * steps_per_epoch
     total_epochs = -(-total_steps // steps_per_epoch)
     meta = {"classes": data.classes, "mean": list(data.mean), "std": list(data.std),
-            "model_name": model_name(config), "preset": preset}
+            "model_name": model_name(config), "preset": preset,
+            "input_size": int(data.train.images.shape[1])}
     if main:
         _write_run_files(out, preset, config, {
             **meta, "device": str(dev), "precision": str(amp_dtype or "fp32"),
@@ -611,6 +655,8 @@ def _fit(config, bundle, out, preset, dev, resume, quiet, progress, log, dist_in
             "model": ckpt_io.unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
             "state": vars(state).copy(), "rng": ckpt_io.rng_state(),
             "config": config.to_dict(), **meta,
+            **({"ema": stepper.ema.module.state_dict(),
+                "ema_n_averaged": int(stepper.ema.n_averaged)} if stepper.ema else {}),
         }, path)
 
     def save_step() -> None:
@@ -659,6 +705,9 @@ def _fit(config, bundle, out, preset, dev, resume, quiet, progress, log, dist_in
                 if val_loader is not None:
                     val = evaluate(model, val_loader, amp_dtype, len(data.classes))
                     row.update(val_loss=val["loss"], val_acc=val["accuracy"])
+                if stepper.ema is not None:
+                    ema = evaluate(stepper.ema.module, test_loader, amp_dtype, len(data.classes))
+                    row.update(ema_test_loss=ema["loss"], ema_test_acc=ema["accuracy"])
             state.wall_seconds += time.perf_counter() - wall
             reached = config.target_accuracy and \
                 row.get(f"{config.target_split}_acc", -1) >= config.target_accuracy
@@ -676,6 +725,11 @@ def _fit(config, bundle, out, preset, dev, resume, quiet, progress, log, dist_in
                 state.best_val = row["val_acc"]
             if main:
                 _write_metrics(out / "metrics.csv", state.metrics)
+            if writer is not None:
+                for key, value in row.items():
+                    if key not in ("epoch", "step") and value != "":
+                        writer.add_scalar(key, value, state.epoch)
+                writer.flush()
             save_step()
             if is_best:
                 save(out / "best.pt")
@@ -705,6 +759,15 @@ def _fit(config, bundle, out, preset, dev, resume, quiet, progress, log, dist_in
         summary["checkpoint"] = str(ckpt_io.checkpoint_files(out)[0])
         _write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _tensorboard_writer(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UsageError("--tensorboard needs the tensorboard package: pip install "
+                         "'cifar-resnet[tensorboard]'") from None
+    return SummaryWriter(str(out / "tensorboard"))
 
 
 def weights_digest(model: torch.nn.Module) -> str:

@@ -170,3 +170,80 @@ def test_target_accuracy_stops_early(tiny_folder, tmp_path, cache_dir):
     assert summary["target_seconds"] > 0 and "target accuracy 90% reached" in r.stdout
     r = run("train", "--data", tiny_folder, "--out", tmp_path / "r2", "--target-accuracy", 90)
     assert "add --val-split N" in one_line_error(r, 2)
+
+
+def test_batch_larger_than_the_dataset_trains_one_batch_per_epoch(tiny_folder, tmp_path,
+                                                                   cache_dir):
+    out = tmp_path / "run"
+    r = run("train", "--data", tiny_folder, "--out", out, "--epochs", 2, "--batch-size", 1000,
+            "--device", "cpu", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1])["steps"] == 2
+
+
+def test_resume_with_another_class_list_is_refused(tiny_folder, tmp_path, cache_dir):
+    from PIL import Image
+
+    out = tmp_path / "run"
+    assert run("train", "--data", tiny_folder, "--out", out, *QUICK).returncode == 0
+    other = tmp_path / "other"
+    for split in ("train", "test"):
+        for cls in ("cats", "dogs"):
+            (other / split / cls).mkdir(parents=True)
+            for i in range(4):
+                Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(other / split / cls / f"{i}.png")
+    r = run("train", "--resume", out, "--data", other, "--epochs", 3)
+    assert "was trained on classes" in one_line_error(r, 4)
+
+
+def test_second_sigint_exits_at_once_and_leaves_checkpoints_valid(tiny_folder, tmp_path,
+                                                                  cache_dir):
+    import signal
+    import time
+
+    from cifar_resnet.checkpoint import checkpoint_files, load_checkpoint
+
+    out = tmp_path / "run"
+    args = ["train", "--data", tiny_folder, "--out", out, "--epochs", 500, "--batch-size", 4,
+            "--save-every-steps", 1, "--device", "cpu"]
+    proc = subprocess.Popen([sys.executable, "-m", "cifar_resnet", *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("[1]"):
+            break
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.001)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=60)
+    assert proc.returncode == 130
+    for path in checkpoint_files(out):
+        load_checkpoint(path)  # every checkpoint left behind is whole
+
+
+def test_ema_tensorboard_report_predict_export(tiny_folder, tmp_path, cache_dir):
+    from cifar_resnet.checkpoint import latest_valid
+
+    out = tmp_path / "run"
+    r = run("train", "--data", tiny_folder, "--out", out, "--epochs", 2, "--batch-size", 16,
+            "--ema", 0.9, "--tensorboard", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    last = rows(out)[-1]
+    assert last["ema_test_acc"] != ""
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert "ema" in latest_valid(out)[1]
+    for png in ("curves.png", "confusion.png", "per_class.png", "wrong.png"):
+        assert (out / png).stat().st_size > 1000
+    assert "curves.png" in (out / "report.md").read_text()
+    r = run("evaluate", out, "--data", tiny_folder, "--ema", "--json")
+    assert round(json.loads(r.stdout)["accuracy"], 6) == round(float(last["ema_test_acc"]), 6)
+
+    image = next((tiny_folder / "test" / "dark").iterdir())
+    r = run("predict", out, image, "--json", "--top-k", 2)
+    assert r.returncode == 0, r.stderr
+    first = json.loads(r.stdout.splitlines()[0])
+    assert first["class"] in ("bright", "dark") and len(first["top_k"]) == 2
+    exported = tmp_path / "model.onnx"
+    r = run("export", out, "--format", "onnx", "--out", exported, "--data", tiny_folder)
+    assert r.returncode == 0, r.stderr
+    r2 = run("predict", exported, image, "--json")
+    assert json.loads(r2.stdout.splitlines()[0])["class"] == first["class"]

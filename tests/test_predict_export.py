@@ -1,0 +1,199 @@
+"""predict and export: on a model trained for one epoch on a real CIFAR-10 subset."""
+
+import argparse
+import json
+import shutil
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import CIFAR_JPEG
+from PIL import Image
+
+from cifar_resnet import export, predict
+from cifar_resnet.checkpoint import resolve_checkpoint
+from cifar_resnet.config import resolve_config
+from cifar_resnet.data import load_data
+from cifar_resnet.errors import CifarResnetError, UsageError
+from cifar_resnet.evaluate import evaluate_checkpoint, load_model
+from cifar_resnet.export import export_model
+from cifar_resnet.predict import load_predictor, predict_images
+from cifar_resnet.train import fit
+
+TRAIN_PER_CLASS, TEST_PER_CLASS = 50, 10  # 500 training and 100 test images
+
+
+def make_subset(root: Path) -> Path:
+    """Real CIFAR-10 JPEGs when the shared copy is here, else 3 classes of coloured noise."""
+    for split, n in (("train", TRAIN_PER_CLASS), ("test", TEST_PER_CLASS)):
+        if CIFAR_JPEG.is_dir():
+            for cls in sorted(p.name for p in (CIFAR_JPEG / split).iterdir() if p.is_dir()):
+                (root / split / cls).mkdir(parents=True)
+                for f in sorted((CIFAR_JPEG / split / cls).iterdir())[:n]:
+                    shutil.copy(f, root / split / cls / f.name)
+        else:
+            rng = np.random.default_rng(0)
+            for c, cls in enumerate(("red", "green", "blue")):
+                (root / split / cls).mkdir(parents=True)
+                for i in range(n):
+                    px = rng.integers(0, 120, (32, 32, 3))
+                    px[:, :, c] += 120
+                    Image.fromarray(px.astype(np.uint8)).save(root / split / cls / f"{i}.png")
+    return root
+
+
+def train_tiny_run(tmp: Path, cache_dir: Path, epochs: int = 1) -> tuple[Path, Path]:
+    data = make_subset(tmp / "data")
+    _, config = resolve_config(None, None, {"model": "seed", "epochs": epochs, "batch_size": 64,
+                                            "precision": "fp32", "compile": "off"})
+    bundle = load_data(str(data), cache_dir=str(cache_dir), progress=False)
+    fit(config, bundle, tmp / "run", device="cpu", quiet=True, progress=False)
+    return tmp / "run", data
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, cache_dir):
+    run, data = train_tiny_run(tmp_path_factory.mktemp("predict"), cache_dir)
+    return run, data, cache_dir
+
+
+def cli(module, *argv) -> int:
+    """Parse and run one subcommand the way cli.main does (errors: one line on stderr)."""
+    parser = argparse.ArgumentParser(prog="cifar-resnet")
+    module.add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args([str(a) for a in argv])
+    try:
+        return module.run(args)
+    except CifarResnetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+
+
+def top1(results) -> dict[str, str]:
+    return {Path(r["path"]).name + Path(r["path"]).parent.name: r["class"] for r in results}
+
+
+def test_predict_agrees_with_evaluation(trained, capsys):
+    run, data, cache = trained
+    results = predict_images(run, [data / "test"], top_k=3)
+    assert len(results) == len(list((data / "test").rglob("*.*")))
+    _, ckpt = resolve_checkpoint(run)
+    classes = ckpt["classes"]
+    confusion = np.zeros((len(classes),) * 2, dtype=int)
+    for r in results:
+        assert len(r["top_k"]) == 3 and r["top_k"][0]["class"] == r["class"]
+        assert [t["probability"] for t in r["top_k"]] == sorted(
+            (t["probability"] for t in r["top_k"]), reverse=True)
+        confusion[classes.index(Path(r["path"]).parent.name), classes.index(r["class"])] += 1
+    args = argparse.Namespace(data=str(data), data_dir=None, cache_dir=str(cache))
+    evaluated = evaluate_checkpoint(ckpt, args, {}, device="cpu")
+    assert confusion.tolist() == evaluated["confusion"]  # the same class for every image
+
+    assert cli(predict, "predict", run, data / "test" / classes[0], "--json", "--top-k", 2) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == TEST_PER_CLASS
+    assert all(len(json.loads(line)["top_k"]) == 2 for line in lines)
+
+
+def test_predict_any_size_and_mode_skips_bad_files(trained, tmp_path, capsys):
+    run, data, _ = trained
+    src = sorted((data / "test").rglob("*.*"))[0]
+    big = tmp_path / "imgs" / "nested" / "big.png"
+    big.parent.mkdir(parents=True)
+    Image.open(src).convert("RGBA").resize((100, 60)).save(big)
+    Image.open(src).convert("L").save(tmp_path / "imgs" / "gray.png")
+    (tmp_path / "imgs" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (tmp_path / "imgs" / "notes.txt").write_text("not an image: ignored inside folders")
+    missing = tmp_path / "missing.png"
+
+    assert cli(predict, "predict", run, tmp_path / "imgs", missing, "--tta") == 0
+    out, err = capsys.readouterr()
+    assert sorted(Path(line.split(":")[0]).name for line in out.splitlines()) == \
+        ["big.png", "gray.png"]
+    assert len(err.splitlines()) == 2
+    assert "broken.jpg" in err and "missing.png" in err and "notes.txt" not in err
+
+    assert cli(predict, "predict", run, missing) == 3  # nothing readable: a data error
+    assert capsys.readouterr().err.splitlines()[-1].startswith("error: no readable image")
+    with pytest.raises(UsageError):
+        predict_images(run, [big], top_k=0)
+
+
+def test_onnx_export_matches_pytorch_and_predicts_the_same(trained, tmp_path, capsys):
+    import onnx  # noqa: F401
+    import onnxruntime as ort
+    run, data, cache = trained
+    out = tmp_path / "model.onnx"
+    result = export_model(run, "onnx", out, data=str(data), cache_dir=str(cache))
+    check = result["check"]
+    assert check["images"] == 100 and "test images" in check["on"]
+    assert check["max_abs_diff"] < 1e-4 and check["predictions_equal"]
+    meta = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]) \
+        .get_modelmeta().custom_metadata_map
+    _, ckpt = resolve_checkpoint(run)
+    assert json.loads(meta["classes"]) == ckpt["classes"]
+    assert json.loads(meta["mean"]) == list(ckpt["mean"]) and meta["model_name"] == "seed"
+    # dynamic batch axis: any batch size runs
+    pred = load_predictor(out)
+    assert pred.logits(np.zeros((3, 32, 32, 3), np.uint8)).shape == (3, len(ckpt["classes"]))
+
+    images = [data / "test"]
+    assert top1(predict_images(out, images)) == top1(predict_images(run, images))
+    assert top1(predict_images(out, images, tta=True)) == \
+        top1(predict_images(run, images, tta=True))
+
+    assert cli(export, "export", run, "--format", "onnx", "--out", tmp_path / "b.onnx") == 0
+    printed = capsys.readouterr().out
+    assert "random images" in printed and "predictions equal" in printed
+    assert not list(tmp_path.glob(".*.tmp*"))  # no temporary files left behind
+
+
+def test_torchscript_and_safetensors_round_trip(trained, tmp_path):
+    run, data, _ = trained
+    path, ckpt = resolve_checkpoint(run)
+    model = load_model(ckpt)
+    x = torch.randn(4, 3, 32, 32)
+    images = [data / "test"]
+    expected = top1(predict_images(run, images))
+
+    ts = tmp_path / "model.pt"  # the same suffix as a checkpoint: told apart by contents
+    export_model(path, "torchscript", ts)
+    extra = {predict.METADATA_FILE: ""}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated, not gone
+        loaded = torch.jit.load(str(ts), _extra_files=extra)
+    assert json.loads(json.loads(extra[predict.METADATA_FILE])["classes"]) == ckpt["classes"]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=1e-5)
+    assert top1(predict_images(ts, images)) == expected
+
+    import safetensors.torch as safetensors
+    st = tmp_path / "model.safetensors"
+    export_model(ckpt, "safetensors", st)
+    state = safetensors.load_file(str(st))
+    assert state.keys() == ckpt["model"].keys()
+    assert all(torch.equal(state[k], ckpt["model"][k]) for k in state)
+    from safetensors import safe_open
+
+    with safe_open(str(st), framework="pt") as f:
+        assert json.loads(f.metadata()["std"]) == list(ckpt["std"])
+    assert top1(predict_images(st, images)) == expected
+
+
+def test_missing_package_and_bad_target_are_one_line_errors(trained, tmp_path, monkeypatch,
+                                                            capsys):
+    run, _, _ = trained
+    monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx now raises ImportError
+    assert cli(export, "export", run, "--format", "onnx", "--out", tmp_path / "m.onnx") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install 'cifar-resnet[export]'" in err
+    assert not (tmp_path / "m.onnx").exists()
+
+    assert cli(export, "export", tmp_path, "--format", "torchscript", "--out",
+               tmp_path / "m.pt") == 4  # no checkpoint in the folder
+    assert capsys.readouterr().err.count("\n") == 1
+    assert cli(predict, "predict", tmp_path / "nothing.pt", tmp_path) == 4
+    assert capsys.readouterr().err.splitlines()[-1].startswith("error: checkpoint")
