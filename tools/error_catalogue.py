@@ -29,7 +29,7 @@ def folder(root: Path, size=(8, 8), n=4, classes=("a", "b")) -> Path:
 def cifar_archive(path: Path, labels_max=9) -> Path:
     def batch(n, top):
         return pickle.dumps({b"data": np.zeros((n, 3072), np.uint8),
-                             b"labels": [top] + [0] * (n - 1)}, protocol=2)
+                             b"labels": [top] + [0] * (n - 1)}, protocol=4)
 
     with tarfile.open(path, "w:gz") as tar:
         members = {f"data_batch_{i}": batch(4, 0) for i in range(1, 6)}
