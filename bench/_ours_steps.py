@@ -91,9 +91,19 @@ def cmd_train(args) -> None:
     load_s = time.perf_counter() - t0
     seed_everything(config.seed)
     data = prepare_data(config, bundle)
-    loader = DeviceLoader(data.train.images, data.train.labels, config.batch_size, device=dev,
-                          train=True, padding=config.padding, flip=config.flip, mean=data.mean,
-                          std=data.std, seed=config.seed, channels_last=channels_last)
+    loader = DeviceLoader(
+        data.train.images,
+        data.train.labels,
+        config.batch_size,
+        device=dev,
+        train=True,
+        padding=config.padding,
+        flip=config.flip,
+        mean=data.mean,
+        std=data.std,
+        seed=config.seed,
+        channels_last=channels_last,
+    )
     model = create_model("seed", len(data.classes)).to(dev)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -101,8 +111,9 @@ def cmd_train(args) -> None:
     # As fit() decides: the whole step is a CUDA graph on a GPU (single process).
     use_graph = dev.type == "cuda" and not config.deterministic
     graph_kw = {"cuda_graph": use_graph}
-    stepper = Stepper(model, optimizer, amp_dtype, dev, config.label_smoothing, use_compile,
-                      **graph_kw)
+    stepper = Stepper(
+        model, optimizer, amp_dtype, dev, config.label_smoothing, use_compile, **graph_kw
+    )
     state = RunState()
     stop = Stop()  # never entered: no signal handlers; signum stays None
     model.train()
@@ -123,14 +134,26 @@ def cmd_train(args) -> None:
     timed_s = run_to(args.warmup + args.steps)
     ips = args.steps * BATCH / timed_s
     cold_ips = (args.warmup + args.steps) * BATCH / (warm_s + timed_s)
-    emit({"mode": "train", "device": str(dev), "precision": str(amp_dtype or "fp32"),
-          "channels_last": channels_last, "compile": use_compile,
-          "cuda_graph": bool(graph_kw.get("cuda_graph")),
-          "threads": torch.get_num_threads(),
-          "torch": torch.__version__, "warmup_steps": args.warmup, "steps": args.steps,
-          "warmup_s": warm_s, "timed_s": timed_s, "images_per_s": ips,
-          "cold_images_per_s": cold_ips, "load_s": load_s,
-          "train_loss": state.epoch_sums[0] / max(state.epoch_sums[2], 1)})
+    emit(
+        {
+            "mode": "train",
+            "device": str(dev),
+            "precision": str(amp_dtype or "fp32"),
+            "channels_last": channels_last,
+            "compile": use_compile,
+            "cuda_graph": bool(graph_kw.get("cuda_graph")),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "warmup_steps": args.warmup,
+            "steps": args.steps,
+            "warmup_s": warm_s,
+            "timed_s": timed_s,
+            "images_per_s": ips,
+            "cold_images_per_s": cold_ips,
+            "load_s": load_s,
+            "train_loss": state.epoch_sums[0] / max(state.epoch_sums[2], 1),
+        }
+    )
     print(f"images/s: {ips:.1f}", flush=True)
 
 
@@ -150,8 +173,13 @@ def time_steps(stepper: Stepper, x, y, dev, warmup: int, steps: int, repeats: in
             stepper.step(x, y, 0.1)
         sync(dev)
         rates.append(steps * x.shape[0] / (time.perf_counter() - start))
-    return {"images_per_s": statistics.median(rates), "all": rates, "warmup_s": warm_s,
-            "steps": steps, "repeats": repeats}
+    return {
+        "images_per_s": statistics.median(rates),
+        "all": rates,
+        "warmup_s": warm_s,
+        "steps": steps,
+        "repeats": repeats,
+    }
 
 
 def cmd_ceiling(args) -> None:
@@ -188,10 +216,21 @@ def cmd_ceiling(args) -> None:
         r = time_steps(stepper, x, y, dev, warmup, steps, args.repeats)
         r.update(precision=prec, layout=layout, compile=comp, emulated_bf16=slow)
         rows.append(r)
-        print(f"  ceiling {prec} {layout} compile={'on' if comp else 'off'}: "
-              f"{r['images_per_s']:.1f} images/s", file=sys.stderr, flush=True)
-    emit({"mode": "ceiling", "device": str(dev), "threads": torch.get_num_threads(),
-          "native_bf16": bf16_native, "rows": rows})
+        print(
+            f"  ceiling {prec} {layout} compile={'on' if comp else 'off'}: "
+            f"{r['images_per_s']:.1f} images/s",
+            file=sys.stderr,
+            flush=True,
+        )
+    emit(
+        {
+            "mode": "ceiling",
+            "device": str(dev),
+            "threads": torch.get_num_threads(),
+            "native_bf16": bf16_native,
+            "rows": rows,
+        }
+    )
 
 
 # ----------------------------------------------------------------------------- eval
@@ -222,10 +261,19 @@ def cmd_eval(args) -> None:
         result = evaluate(model, loader, amp_dtype, len(bundle.classes))
         sync(dev)
         rates.append(result["count"] / (time.perf_counter() - start))
-    emit({"mode": "eval", "device": str(dev), "precision": str(amp_dtype or "fp32"),
-          "channels_last": channels_last, "eval_batch_size": config.eval_batch_size,
-          "images": len(test.labels), "images_per_s": statistics.median(rates), "all": rates,
-          "threads": torch.get_num_threads()})
+    emit(
+        {
+            "mode": "eval",
+            "device": str(dev),
+            "precision": str(amp_dtype or "fp32"),
+            "channels_last": channels_last,
+            "eval_batch_size": config.eval_batch_size,
+            "images": len(test.labels),
+            "images_per_s": statistics.median(rates),
+            "all": rates,
+            "threads": torch.get_num_threads(),
+        }
+    )
 
 
 # ----------------------------------------------------------------------------- machine
@@ -244,8 +292,11 @@ def training_flops_per_image(dev: torch.device) -> tuple[int, int]:
             k = mod.in_features
         macs[0] += per_out * k
 
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    handles = [
+        m.register_forward_hook(hook)
+        for m in model.modules()
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
+    ]
     with torch.no_grad():
         model(torch.zeros(1, 3, 32, 32, device=dev))
     for h in handles:
@@ -284,12 +335,21 @@ def cmd_machine(args) -> None:
     macs, flops = training_flops_per_image(dev)
     fp32 = matmul_gflops(dev, torch.float32, args.matmul_size, 1.5)
     bf16 = matmul_gflops(dev, torch.bfloat16, args.matmul_size, 1.5)
-    emit({"mode": "machine", "device": str(dev), "threads": torch.get_num_threads(),
-          "torch": torch.__version__, "native_bf16": native_bf16(dev),
-          "cuda_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
-          "forward_macs_per_image": macs, "train_flops_per_image": flops,
-          "matmul_size": args.matmul_size, "matmul_fp32_gflops": fp32,
-          "matmul_bf16_gflops": bf16})
+    emit(
+        {
+            "mode": "machine",
+            "device": str(dev),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "native_bf16": native_bf16(dev),
+            "cuda_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
+            "forward_macs_per_image": macs,
+            "train_flops_per_image": flops,
+            "matmul_size": args.matmul_size,
+            "matmul_fp32_gflops": fp32,
+            "matmul_bf16_gflops": bf16,
+        }
+    )
 
 
 def main(argv=None) -> None:
@@ -305,16 +365,25 @@ def main(argv=None) -> None:
     p.add_argument("--channels-last", default="auto")
     p.add_argument("--compile", default="auto")
     p.add_argument("--no-compile", action="store_true", help="ceiling: skip torch.compile rows")
-    p.add_argument("--compile-layouts", nargs="+", default=["contiguous", "channels_last"],
-                   choices=["contiguous", "channels_last"])
-    p.add_argument("--bf16-steps", type=int, default=2,
-                   help="ceiling: steps per timing for bf16 where the CPU emulates it")
+    p.add_argument(
+        "--compile-layouts",
+        nargs="+",
+        default=["contiguous", "channels_last"],
+        choices=["contiguous", "channels_last"],
+    )
+    p.add_argument(
+        "--bf16-steps",
+        type=int,
+        default=2,
+        help="ceiling: steps per timing for bf16 where the CPU emulates it",
+    )
     p.add_argument("--matmul-size", type=int, default=1024)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    {"train": cmd_train, "ceiling": cmd_ceiling, "eval": cmd_eval,
-     "machine": cmd_machine}[args.mode](args)
+    {"train": cmd_train, "ceiling": cmd_ceiling, "eval": cmd_eval, "machine": cmd_machine}[
+        args.mode
+    ](args)
 
 
 if __name__ == "__main__":

@@ -65,8 +65,10 @@ def run(cmd: list[str], env: dict[str, str], label: str, timeout: float) -> tupl
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     wall = time.perf_counter() - start
     if p.returncode != 0:
-        sys.exit(f"{label} failed (exit {p.returncode}): {' '.join(cmd)}\n"
-                 f"--- stdout\n{p.stdout[-3000:]}\n--- stderr\n{p.stderr[-3000:]}")
+        sys.exit(
+            f"{label} failed (exit {p.returncode}): {' '.join(cmd)}\n"
+            f"--- stdout\n{p.stdout[-3000:]}\n--- stderr\n{p.stderr[-3000:]}"
+        )
     return p.stdout, wall
 
 
@@ -81,7 +83,7 @@ def last_ips(stdout: str, label: str) -> float:
 def result(stdout: str, label: str) -> dict:
     for line in reversed(stdout.splitlines()):
         if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
+            return json.loads(line[len("RESULT ") :])
     sys.exit(f"{label}: no RESULT line:\n{stdout[-2000:]}")
 
 
@@ -91,26 +93,46 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=60, help="timed training steps per run")
     p.add_argument("--repeats", type=int, default=3, help="reference/ours rounds (>= 3)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--threads", type=int, default=0,
-                   help="torch threads for every process (0: torch's default)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads for every process (0: torch's default)",
+    )
     p.add_argument("--reference", default=DEFAULT_REFERENCE)
-    p.add_argument("--ref-workers", type=int, nargs="+", default=[0],
-                   help="reference DataLoader workers; several values time several variants "
-                        "(the first is the one the ratio uses; default 0, the reference's own)")
+    p.add_argument(
+        "--ref-workers",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="reference DataLoader workers; several values time several variants "
+        "(the first is the one the ratio uses; default 0, the reference's own)",
+    )
     p.add_argument("--warmup", type=int, default=3, help="ours: untimed steps before timing")
     p.add_argument("--precision", default="auto", help="ours: auto|fp32|bf16|fp16")
     p.add_argument("--channels-last", default="auto", help="ours: auto|on|off")
     p.add_argument("--compile", default="auto", help="ours: auto|on|off")
     p.add_argument("--ceiling-steps", type=int, default=10, help="steps per ceiling timing")
-    p.add_argument("--bf16-steps", type=int, default=1,
-                   help="steps per ceiling timing for bf16 where the CPU emulates bf16")
-    p.add_argument("--compile-layouts", nargs="*", default=["contiguous"],
-                   choices=["contiguous", "channels_last"],
-                   help="layouts of the fp32 torch.compile ceiling rows (none: skip compile)")
+    p.add_argument(
+        "--bf16-steps",
+        type=int,
+        default=1,
+        help="steps per ceiling timing for bf16 where the CPU emulates bf16",
+    )
+    p.add_argument(
+        "--compile-layouts",
+        nargs="*",
+        default=["contiguous"],
+        choices=["contiguous", "channels_last"],
+        help="layouts of the fp32 torch.compile ceiling rows (none: skip compile)",
+    )
     p.add_argument("--skip", nargs="*", default=[], choices=["ab", "ceiling", "eval", "machine"])
-    p.add_argument("--cache", default=os.environ.get("CIFAR_RESNET_CACHE")
-                   or os.path.join(tempfile.gettempdir(), "cifar_resnet_bench_cache"),
-                   help="CIFAR_RESNET_CACHE for cifar-resnet's decoded arrays")
+    p.add_argument(
+        "--cache",
+        default=os.environ.get("CIFAR_RESNET_CACHE")
+        or os.path.join(tempfile.gettempdir(), "cifar_resnet_bench_cache"),
+        help="CIFAR_RESNET_CACHE for cifar-resnet's decoded arrays",
+    )
     p.add_argument("--json", help="also write all results to this file")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per subprocess")
     args = p.parse_args(argv)
@@ -127,8 +149,14 @@ def main(argv=None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: no CUDA GPU visible to this torch build")
     common = ["--device", args.device, "--threads", str(args.threads)]
-    ours_flags = ["--precision", args.precision, "--channels-last", args.channels_last,
-                  "--compile", args.compile]
+    ours_flags = [
+        "--precision",
+        args.precision,
+        "--channels-last",
+        args.channels_last,
+        "--compile",
+        args.compile,
+    ]
     if args.threads:
         torch.set_num_threads(args.threads)
     out: dict = {"args": vars(args)}
@@ -140,124 +168,222 @@ def main(argv=None) -> int:
     print("=" * 78)
     print(f"date            {datetime.datetime.now().isoformat(timespec='seconds')}")
     print(f"host            {platform.node()}  {platform.platform()}")
-    print(f"cpu             {cpu_model()} (platform.processor(): {platform.processor() or '-'}); "
-          f"{os.cpu_count()} logical cores")
+    print(
+        f"cpu             {cpu_model()} (platform.processor(): {platform.processor() or '-'}); "
+        f"{os.cpu_count()} logical cores"
+    )
     if args.device == "cuda":
         print(f"gpu             {torch.cuda.get_device_name(0)}")
     print(f"python          {platform.python_version()}  ({py})")
     print(f"torch           {torch.__version__} (both programs, this environment)")
     try:
         import torchvision
+
         print(f"torchvision     {torchvision.__version__} (reference only)")
     except ImportError:
         print("torchvision     NOT INSTALLED: the reference cannot run; run bench/setup_env.sh")
-    print(f"threads         torch.get_num_threads() = {torch.get_num_threads()}"
-          f" ({'--threads ' + str(args.threads) if args.threads else 'torch default'},"
-          " same in every process)")
+    print(
+        f"threads         torch.get_num_threads() = {torch.get_num_threads()}"
+        f" ({'--threads ' + str(args.threads) if args.threads else 'torch default'},"
+        " same in every process)"
+    )
     print(f"device          {args.device}")
-    print(f"load average    {loadavg()} (1/5/15 min) at start: other work on the machine "
-          "skews every number below")
+    print(
+        f"load average    {loadavg()} (1/5/15 min) at start: other work on the machine "
+        "skews every number below"
+    )
     print(f"data            {args.data}; model seed; batch 128")
 
     # ------------------------------------------------------------------ machine
     if "machine" not in args.skip:
-        mach = result(run([py, str(WORKER), "machine", *common], env, "machine", args.timeout)[0],
-                      "machine")
+        mach = result(
+            run([py, str(WORKER), "machine", *common], env, "machine", args.timeout)[0], "machine"
+        )
         out["machine"] = mach
-        print(f"native bf16     {'yes' if mach['native_bf16'] else 'no'}"
-              f"{'' if mach['native_bf16'] or args.device == 'cuda' else ' (oneDNN emulates it)'}")
-        print(f"matmul {mach['matmul_size']}^2   fp32 {mach['matmul_fp32_gflops']:.1f} GFLOP/s, "
-              f"bf16 {mach['matmul_bf16_gflops']:.1f} GFLOP/s")
-        print(f"seed model      {mach['forward_macs_per_image'] / 1e6:.2f} M forward conv+linear "
-              f"MACs/image -> {mach['train_flops_per_image'] / 1e6:.1f} MFLOP/image per training "
-              "step (2 x MACs x 3 for forward+backward)")
+        print(
+            f"native bf16     {'yes' if mach['native_bf16'] else 'no'}"
+            f"{'' if mach['native_bf16'] or args.device == 'cuda' else ' (oneDNN emulates it)'}"
+        )
+        print(
+            f"matmul {mach['matmul_size']}^2   fp32 {mach['matmul_fp32_gflops']:.1f} GFLOP/s, "
+            f"bf16 {mach['matmul_bf16_gflops']:.1f} GFLOP/s"
+        )
+        print(
+            f"seed model      {mach['forward_macs_per_image'] / 1e6:.2f} M forward conv+linear "
+            f"MACs/image -> {mach['train_flops_per_image'] / 1e6:.1f} MFLOP/image per training "
+            "step (2 x MACs x 3 for forward+backward)"
+        )
     print()
 
     # ------------------------------------------------------------------ A/B
     if "ab" not in args.skip:
         print("-" * 78)
-        print(f"A/B: {args.steps} training steps per run, {args.repeats} rounds, each run a "
-              "fresh process")
-        print(f"  reference: {args.reference} --epochs 1 --max-steps {args.steps} --no-eval "
-              "--workers W")
-        print("             its own images/s: timed over its train() loop from the first step "
-              "(no warm-up),")
-        print("             torchvision DataLoader decoding the JPEGs with PIL each step "
-              "(workers 0 = in the training process)")
-        print(f"  ours:      bench/_ours_steps.py train: cifar_resnet.train.train_one_epoch, "
-              f"{args.warmup} untimed warm-up steps,")
-        print(f"             then {args.steps} timed steps including the DeviceLoader "
-              "(arrays decoded once, from the cache; loading untimed);")
-        print("             'cold' = all warm-up + timed steps from the first, as the reference "
-              "times itself")
+        print(
+            f"A/B: {args.steps} training steps per run, {args.repeats} rounds, each run a "
+            "fresh process"
+        )
+        print(
+            f"  reference: {args.reference} --epochs 1 --max-steps {args.steps} --no-eval "
+            "--workers W"
+        )
+        print(
+            "             its own images/s: timed over its train() loop from the first step "
+            "(no warm-up),"
+        )
+        print(
+            "             torchvision DataLoader decoding the JPEGs with PIL each step "
+            "(workers 0 = in the training process)"
+        )
+        print(
+            f"  ours:      bench/_ours_steps.py train: cifar_resnet.train.train_one_epoch, "
+            f"{args.warmup} untimed warm-up steps,"
+        )
+        print(
+            f"             then {args.steps} timed steps including the DeviceLoader "
+            "(arrays decoded once, from the cache; loading untimed);"
+        )
+        print(
+            "             'cold' = all warm-up + timed steps from the first, as the reference "
+            "times itself"
+        )
         # Warm cifar-resnet's decode cache (the first decode takes tens of seconds).
         t0 = time.perf_counter()
-        run([py, "-c", "import sys; from cifar_resnet.data import load_data; "
-             "load_data(sys.argv[1])", args.data], env, "cache warm-up", args.timeout)
-        print(f"  (cifar-resnet decode cache {args.cache} ready in "
-              f"{time.perf_counter() - t0:.1f}s; untimed)")
+        run(
+            [
+                py,
+                "-c",
+                "import sys; from cifar_resnet.data import load_data; load_data(sys.argv[1])",
+                args.data,
+            ],
+            env,
+            "cache warm-up",
+            args.timeout,
+        )
+        print(
+            f"  (cifar-resnet decode cache {args.cache} ready in "
+            f"{time.perf_counter() - t0:.1f}s; untimed)"
+        )
         ref_ips: dict[int, list[float]] = {w: [] for w in args.ref_workers}
         ours_ips: list[float] = []
         ours_cold: list[float] = []
         ours_rows = []
         for rnd in range(1, args.repeats + 1):
             for w in args.ref_workers:
-                cmd = [py, args.reference, "--data", args.data, "--epochs", "1", "--max-steps",
-                       str(args.steps), "--no-eval", "--workers", str(w)]
+                cmd = [
+                    py,
+                    args.reference,
+                    "--data",
+                    args.data,
+                    "--epochs",
+                    "1",
+                    "--max-steps",
+                    str(args.steps),
+                    "--no-eval",
+                    "--workers",
+                    str(w),
+                ]
                 if args.threads:
                     cmd += ["--threads", str(args.threads)]
                 stdout, wall = run(cmd, ref_env, "reference", args.timeout)
                 ips = last_ips(stdout, "reference")
                 ref_ips[w].append(ips)
-                print(f"  round {rnd}  A reference (workers {w}): {ips:8.1f} images/s   "
-                      f"(process {wall:5.1f}s, load {loadavg()})", flush=True)
-            stdout, wall = run([py, str(WORKER), "train", "--data", args.data, "--steps",
-                                str(args.steps), "--warmup", str(args.warmup), *common,
-                                *ours_flags], env, "ours", args.timeout)
+                print(
+                    f"  round {rnd}  A reference (workers {w}): {ips:8.1f} images/s   "
+                    f"(process {wall:5.1f}s, load {loadavg()})",
+                    flush=True,
+                )
+            stdout, wall = run(
+                [
+                    py,
+                    str(WORKER),
+                    "train",
+                    "--data",
+                    args.data,
+                    "--steps",
+                    str(args.steps),
+                    "--warmup",
+                    str(args.warmup),
+                    *common,
+                    *ours_flags,
+                ],
+                env,
+                "ours",
+                args.timeout,
+            )
             ips = last_ips(stdout, "ours")
             r = result(stdout, "ours")
             ours_ips.append(ips)
             ours_cold.append(r["cold_images_per_s"])
             ours_rows.append(r)
-            print(f"  round {rnd}  B ours ({r['precision']}"
-                  f"{', channels_last' if r['channels_last'] else ''}"
-                  f"{', compiled' if r['compile'] else ''}"
-                  f"{', CUDA graph' if r.get('cuda_graph') else ''}):"
-                  f" {ips:8.1f} images/s   (cold {r['cold_images_per_s']:.1f}; process "
-                  f"{wall:5.1f}s, load {loadavg()})", flush=True)
+            print(
+                f"  round {rnd}  B ours ({r['precision']}"
+                f"{', channels_last' if r['channels_last'] else ''}"
+                f"{', compiled' if r['compile'] else ''}"
+                f"{', CUDA graph' if r.get('cuda_graph') else ''}):"
+                f" {ips:8.1f} images/s   (cold {r['cold_images_per_s']:.1f}; process "
+                f"{wall:5.1f}s, load {loadavg()})",
+                flush=True,
+            )
         first = args.ref_workers[0]
         med_ours = statistics.median(ours_ips)
         print()
         for w in args.ref_workers:
-            print(f"  median reference (workers {w}): {statistics.median(ref_ips[w]):8.1f} images/s"
-                  f"   runs {', '.join(f'{v:.1f}' for v in ref_ips[w])}")
-        print(f"  median ours:                  {med_ours:8.1f} images/s   runs "
-              f"{', '.join(f'{v:.1f}' for v in ours_ips)}")
+            print(
+                f"  median reference (workers {w}): {statistics.median(ref_ips[w]):8.1f} images/s"
+                f"   runs {', '.join(f'{v:.1f}' for v in ref_ips[w])}"
+            )
+        print(
+            f"  median ours:                  {med_ours:8.1f} images/s   runs "
+            f"{', '.join(f'{v:.1f}' for v in ours_ips)}"
+        )
         print(f"  median ours, cold:            {statistics.median(ours_cold):8.1f} images/s")
         for w in args.ref_workers:
             ratio = med_ours / statistics.median(ref_ips[w])
-            print(f"  ratio ours / reference (workers {w}): {ratio:.2f}x"
-                  f"{'   <- headline' if w == first else ''}")
-        out["ab"] = {"reference": {str(w): v for w, v in ref_ips.items()}, "ours": ours_ips,
-                     "ours_cold": ours_cold, "ours_runs": ours_rows,
-                     "ratio": med_ours / statistics.median(ref_ips[first])}
+            print(
+                f"  ratio ours / reference (workers {w}): {ratio:.2f}x"
+                f"{'   <- headline' if w == first else ''}"
+            )
+        out["ab"] = {
+            "reference": {str(w): v for w, v in ref_ips.items()},
+            "ours": ours_ips,
+            "ours_cold": ours_cold,
+            "ours_runs": ours_rows,
+            "ratio": med_ours / statistics.median(ref_ips[first]),
+        }
         print()
 
     # ------------------------------------------------------------------ ceilings
     if "ceiling" not in args.skip:
         print("-" * 78)
-        print(f"step-only ceiling: fixed in-memory batch of 128, no loader; Stepper.step "
-              f"(forward, fp32 loss, backward, SGD); median of 3 timings of "
-              f"{args.ceiling_steps} steps")
-        cmd = [py, str(WORKER), "ceiling", *common, "--steps", str(args.ceiling_steps),
-               "--bf16-steps", str(args.bf16_steps), "--repeats", "3"]
-        cmd += ["--compile-layouts", *args.compile_layouts] if args.compile_layouts \
+        print(
+            f"step-only ceiling: fixed in-memory batch of 128, no loader; Stepper.step "
+            f"(forward, fp32 loss, backward, SGD); median of 3 timings of "
+            f"{args.ceiling_steps} steps"
+        )
+        cmd = [
+            py,
+            str(WORKER),
+            "ceiling",
+            *common,
+            "--steps",
+            str(args.ceiling_steps),
+            "--bf16-steps",
+            str(args.bf16_steps),
+            "--repeats",
+            "3",
+        ]
+        cmd += (
+            ["--compile-layouts", *args.compile_layouts]
+            if args.compile_layouts
             else ["--no-compile"]
+        )
         ceil = result(run(cmd, env, "ceiling", args.timeout)[0], "ceiling")
         out["ceiling"] = ceil
         mach = out.get("machine")
-        print(f"  {'precision':<10}{'layout':<15}{'compile':<9}{'images/s':>10}"
-              f"{'of fp32 matmul':>16}  note")
+        print(
+            f"  {'precision':<10}{'layout':<15}{'compile':<9}{'images/s':>10}"
+            f"{'of fp32 matmul':>16}  note"
+        )
         for row in ceil["rows"]:
             frac = ""
             if mach:
@@ -268,23 +394,44 @@ def main(argv=None) -> int:
                 note += ", bf16 emulated (not native)"
             if row["compile"]:
                 note += f", compile+warm-up {row['warmup_s']:.0f}s"
-            print(f"  {row['precision']:<10}{row['layout']:<15}"
-                  f"{'on' if row['compile'] else 'off':<9}{row['images_per_s']:>10.1f}"
-                  f"{frac:>16}  {note}")
+            print(
+                f"  {row['precision']:<10}{row['layout']:<15}"
+                f"{'on' if row['compile'] else 'off':<9}{row['images_per_s']:>10.1f}"
+                f"{frac:>16}  {note}"
+            )
         print("  (% of fp32 matmul: the step's model FLOP rate over the fp32 1024^2 matmul rate)")
         print()
 
     # ------------------------------------------------------------------ eval
     if "eval" not in args.skip:
         print("-" * 78)
-        ev = result(run([py, str(WORKER), "eval", "--data", args.data, "--repeats", "3",
-                         *common, *ours_flags], env, "eval", args.timeout)[0], "eval")
+        ev = result(
+            run(
+                [
+                    py,
+                    str(WORKER),
+                    "eval",
+                    "--data",
+                    args.data,
+                    "--repeats",
+                    "3",
+                    *common,
+                    *ours_flags,
+                ],
+                env,
+                "eval",
+                args.timeout,
+            )[0],
+            "eval",
+        )
         out["eval"] = ev
-        print(f"evaluation pass: cifar_resnet.train.evaluate on {ev['images']} test images, "
-              f"batch {ev['eval_batch_size']}, {ev['precision']}"
-              f"{', channels_last' if ev['channels_last'] else ''}: "
-              f"{ev['images_per_s']:.1f} images/s (median of 3; "
-              f"{', '.join(f'{v:.0f}' for v in ev['all'])})")
+        print(
+            f"evaluation pass: cifar_resnet.train.evaluate on {ev['images']} test images, "
+            f"batch {ev['eval_batch_size']}, {ev['precision']}"
+            f"{', channels_last' if ev['channels_last'] else ''}: "
+            f"{ev['images_per_s']:.1f} images/s (median of 3; "
+            f"{', '.join(f'{v:.0f}' for v in ev['all'])})"
+        )
         print()
 
     print("-" * 78)

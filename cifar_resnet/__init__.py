@@ -8,8 +8,19 @@ from .train import evaluate, fit
 
 __version__ = "0.1.0"
 
-__all__ = ["PRESETS", "TrainConfig", "resolve_config", "CifarResnetError", "load_model",
-           "create_model", "list_models", "register_model", "evaluate", "fit", "load_data"]
+__all__ = [
+    "PRESETS",
+    "TrainConfig",
+    "resolve_config",
+    "CifarResnetError",
+    "load_model",
+    "create_model",
+    "list_models",
+    "register_model",
+    "evaluate",
+    "fit",
+    "load_data",
+]
 
 
 def load_data(*args, **kwargs):

@@ -72,7 +72,9 @@ def _list_of_ints(text: str) -> list[int]:
     try:
         return [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
 
 
 def parse_duration(text: str) -> float:
@@ -95,8 +97,11 @@ def _add_config_flags(p: argparse.ArgumentParser, only: tuple[str, ...] | None =
             continue
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
-        kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
-                              "help": FIELD_HELP.get(f.name, "") + f" (default: {default!r})"}
+        kw: dict[str, Any] = {
+            "dest": f.name,
+            "default": argparse.SUPPRESS,
+            "help": FIELD_HELP.get(f.name, "") + f" (default: {default!r})",
+        }
         if isinstance(default, bool):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
         elif isinstance(default, list):
@@ -108,55 +113,108 @@ def _add_config_flags(p: argparse.ArgumentParser, only: tuple[str, ...] | None =
 
 
 def _add_data_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, help="an image folder (DIR/train/<class>/*, "
-                   "DIR/test/<class>/*), a CIFAR python archive or its folder, or cifar10 / "
-                   "cifar100 to download the official archive")
-    p.add_argument("--data-dir", help="where cifar10/cifar100 are downloaded (default: "
-                   "$CIFAR_RESNET_DATA or ~/.cache/cifar-resnet/data)")
-    p.add_argument("--cache-dir", help="where decoded images are cached (default: "
-                   "$CIFAR_RESNET_CACHE or ~/.cache/cifar-resnet/decoded)")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="an image folder (DIR/train/<class>/*, "
+        "DIR/test/<class>/*), a CIFAR python archive or its folder, or cifar10 / "
+        "cifar100 to download the official archive",
+    )
+    p.add_argument(
+        "--data-dir",
+        help="where cifar10/cifar100 are downloaded (default: "
+        "$CIFAR_RESNET_DATA or ~/.cache/cifar-resnet/data)",
+    )
+    p.add_argument(
+        "--cache-dir",
+        help="where decoded images are cached (default: "
+        "$CIFAR_RESNET_CACHE or ~/.cache/cifar-resnet/decoded)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="cifar-resnet", description="Train ResNets on CIFAR-10/100 and small "
-                     "colour image folders, on CPU and GPU.")
+    parser = _Parser(
+        prog="cifar-resnet",
+        description="Train ResNets on CIFAR-10/100 and small colour image folders, on CPU and GPU.",
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    t = sub.add_parser("train", help="train a model; prints the seed post's line every epoch",
-                       description="Train a ResNet. Recipe: --preset, then --config, then flags.")
+    t = sub.add_parser(
+        "train",
+        help="train a model; prints the seed post's line every epoch",
+        description="Train a ResNet. Recipe: --preset, then --config, then flags.",
+    )
     _add_data_flags(t)
-    t.add_argument("--out", help="run folder for metrics.csv, config.toml, checkpoints and "
-                   "summary.json (required unless --resume RUN_DIR)")
+    t.add_argument(
+        "--out",
+        help="run folder for metrics.csv, config.toml, checkpoints and "
+        "summary.json (required unless --resume RUN_DIR)",
+    )
     t.add_argument("--preset", help=f"recipe to start from: {', '.join(PRESETS)} (default seed)")
     t.add_argument("--config", help="TOML file of recipe fields (see config.toml in any run)")
-    t.add_argument("--resume", metavar="RUN_DIR|auto", help="continue a run from its newest "
-                   "valid checkpoint; auto: continue --out if it has one, else start it")
+    t.add_argument(
+        "--resume",
+        metavar="RUN_DIR|auto",
+        help="continue a run from its newest "
+        "valid checkpoint; auto: continue --out if it has one, else start it",
+    )
     t.add_argument("--device", default="auto", help="auto (GPU if present), cpu or cuda")
     t.add_argument("--quiet", action="store_true", help="print only errors and the summary")
-    t.add_argument("--tensorboard", action="store_true", help="log every epoch's figures and "
-                   "the learning rate to RUN/tensorboard (pip install 'cifar-resnet[tensorboard]')")
-    t.add_argument("--no-report", action="store_true", help="skip the PNG plots and report.md "
-                   "written after training (they need matplotlib: pip install "
-                   "'cifar-resnet[report]')")
-    t.add_argument("--dist-backend", default="auto", help="with torchrun: auto (nccl on GPUs, "
-                   "gloo on CPUs), nccl or gloo")
-    t.add_argument("--dist-timeout", type=float, default=600.0, metavar="SECONDS",
-                   help="with torchrun: how long a rank waits for the others before the job "
-                   "fails (a dead rank ends the job instead of hanging it)")
+    t.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="log every epoch's figures and "
+        "the learning rate to RUN/tensorboard (pip install 'cifar-resnet[tensorboard]')",
+    )
+    t.add_argument(
+        "--no-report",
+        action="store_true",
+        help="skip the PNG plots and report.md "
+        "written after training (they need matplotlib: pip install "
+        "'cifar-resnet[report]')",
+    )
+    t.add_argument(
+        "--dist-backend",
+        default="auto",
+        help="with torchrun: auto (nccl on GPUs, gloo on CPUs), nccl or gloo",
+    )
+    t.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="with torchrun: how long a rank waits for the others before the job "
+        "fails (a dead rank ends the job instead of hanging it)",
+    )
     _add_config_flags(t)
 
-    e = sub.add_parser("evaluate", help="loss, accuracy, per-class accuracy, confusion matrix",
-                       description="Evaluate a run's newest checkpoint (or a .pt file).")
+    e = sub.add_parser(
+        "evaluate",
+        help="loss, accuracy, per-class accuracy, confusion matrix",
+        description="Evaluate a run's newest checkpoint (or a .pt file).",
+    )
     e.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
     _add_data_flags(e)
-    e.add_argument("--split", choices=("test", "val"), default="test",
-                   help="val needs a run trained with --val-split (the same images are held out)")
+    e.add_argument(
+        "--split",
+        choices=("test", "val"),
+        default="test",
+        help="val needs a run trained with --val-split (the same images are held out)",
+    )
     e.add_argument("--device", default="auto")
     e.add_argument("--json", action="store_true", help="print one JSON object")
-    e.add_argument("--ema", dest="use_ema", action="store_true", help="evaluate the EMA weights of a run "
-                   "trained with --ema")
-    e.add_argument("--tta", action="store_true", help="flip test-time augmentation: average the "
-                   "logits of each image and its mirror image (usually a few tenths of a point)")
+    e.add_argument(
+        "--ema",
+        dest="use_ema",
+        action="store_true",
+        help="evaluate the EMA weights of a run trained with --ema",
+    )
+    e.add_argument(
+        "--tta",
+        action="store_true",
+        help="flip test-time augmentation: average the "
+        "logits of each image and its mirror image (usually a few tenths of a point)",
+    )
     _add_config_flags(e, only=(*DATA_FIELDS, "eval_batch_size", "precision"))
 
     from . import export, predict, report
@@ -189,8 +247,13 @@ def _flag_values(args: argparse.Namespace) -> dict[str, Any]:
 def _load_bundle(args, image_size: int, progress: bool):
     from .data import load_data
 
-    return load_data(args.data, data_dir=args.data_dir, image_size=image_size or None,
-                     cache_dir=args.cache_dir, progress=progress)
+    return load_data(
+        args.data,
+        data_dir=args.data_dir,
+        image_size=image_size or None,
+        cache_dir=args.cache_dir,
+        progress=progress,
+    )
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -209,8 +272,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                 raise UsageError("--resume auto needs --out RUN_DIR")
         else:
             if out and Path(out).resolve() != Path(args.resume).resolve():
-                raise UsageError("--resume RUN_DIR continues in RUN_DIR; drop --out or make "
-                                 "them the same")
+                raise UsageError(
+                    "--resume RUN_DIR continues in RUN_DIR; drop --out or make them the same"
+                )
             out = args.resume
             if not Path(out).is_dir():
                 raise UsageError(f"--resume {out}: no such run folder")
@@ -220,13 +284,17 @@ def cmd_train(args: argparse.Namespace) -> int:
             try:
                 ckpt_io.load_checkpoint(ckpt_io.checkpoint_files(out)[0])
             except CheckpointError as e:
-                raise CheckpointError(f"{e}, and no older checkpoint is valid; move the bad "
-                                      f"files out of {out}/checkpoints to start over") from None
+                raise CheckpointError(
+                    f"{e}, and no older checkpoint is valid; move the bad "
+                    f"files out of {out}/checkpoints to start over"
+                ) from None
         for message in warned:
             print(message, file=sys.stderr)
         if found is None and args.resume != "auto":
-            raise CheckpointError(f"--resume {out}: the folder holds no checkpoint yet; start "
-                                  f"the run with --out {out} --resume auto")
+            raise CheckpointError(
+                f"--resume {out}: the folder holds no checkpoint yet; start "
+                f"the run with --out {out} --resume auto"
+            )
         if found is not None:
             path, resume_ckpt = found
             if not args.quiet:
@@ -239,23 +307,37 @@ def cmd_train(args: argparse.Namespace) -> int:
         base = {k: v for k, v in resume_ckpt["config"].items()}
         _, config = resolve_config(preset, base, flags)
     else:
-        preset, config = resolve_config(args.preset, file_values, flags,
-                                        file_name=args.config or "config file")
+        preset, config = resolve_config(
+            args.preset, file_values, flags, file_name=args.config or "config file"
+        )
     progress = sys.stderr.isatty() and not args.quiet
     bundle = _load_bundle(args, config.image_size, progress)
     if resume_ckpt is not None:
         check_resume(resume_ckpt, config, bundle.classes, Path(out))
-    summary = fit(config, bundle, out, preset=preset, device=args.device, resume=resume_ckpt,
-                  quiet=args.quiet, dist_backend=args.dist_backend,
-                  dist_timeout=args.dist_timeout, started=started,
-                  tensorboard=args.tensorboard)
+    summary = fit(
+        config,
+        bundle,
+        out,
+        preset=preset,
+        device=args.device,
+        resume=resume_ckpt,
+        quiet=args.quiet,
+        dist_backend=args.dist_backend,
+        dist_timeout=args.dist_timeout,
+        started=started,
+        tensorboard=args.tensorboard,
+    )
     if "checkpoint" not in summary:  # not rank 0 of a torchrun job
         return 0
     if not args.no_report:
         _report_after_training(args, out)
-    print(json.dumps(summary) if args.quiet else
-          f"done: test accuracy {summary['test_accuracy']:.2f}% after {summary['epochs']} epochs "
-          f"({summary['wall_seconds']:.0f}s); summary in {Path(out) / 'summary.json'}")
+    print(
+        json.dumps(summary)
+        if args.quiet
+        else f"done: test accuracy {summary['test_accuracy']:.2f}% after "
+        f"{summary['epochs']} epochs ({summary['wall_seconds']:.0f}s); summary in "
+        f"{Path(out) / 'summary.json'}"
+    )
     return 0
 
 
@@ -279,8 +361,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     path, ckpt = resolve_checkpoint(args.target)
     flags = _flag_values(args)
-    result = evaluate_checkpoint(ckpt, args, flags, split=args.split, device=args.device,
-                                 tta=args.tta, ema=args.use_ema)
+    result = evaluate_checkpoint(
+        ckpt, args, flags, split=args.split, device=args.device, tta=args.tta, ema=args.use_ema
+    )
     result["checkpoint"] = str(path)
     if args.json:
         print(json.dumps(result))
@@ -325,6 +408,12 @@ def _run_export(args):
     return run(args)
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "report": _run_report,
-            "predict": _run_predict, "export": _run_export, "models": cmd_models,
-            "presets": cmd_presets}
+COMMANDS = {
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "report": _run_report,
+    "predict": _run_predict,
+    "export": _run_export,
+    "models": cmd_models,
+    "presets": cmd_presets,
+}

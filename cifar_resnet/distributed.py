@@ -45,8 +45,9 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(value)
     except ValueError:
-        raise DistributedError(f"environment variable {name}={value!r} is not an integer; "
-                               "launch with torchrun") from None
+        raise DistributedError(
+            f"environment variable {name}={value!r} is not an integer; launch with torchrun"
+        ) from None
 
 
 def from_env() -> DistInfo:
@@ -54,16 +55,19 @@ def from_env() -> DistInfo:
     return DistInfo(_env_int("RANK", 0), _env_int("LOCAL_RANK", 0), _env_int("WORLD_SIZE", 1))
 
 
-def setup(device: torch.device, backend: str = "auto", timeout_s: float = 600.0
-          ) -> tuple[DistInfo, torch.device]:
+def setup(
+    device: torch.device, backend: str = "auto", timeout_s: float = 600.0
+) -> tuple[DistInfo, torch.device]:
     """Join the process group if launched by torchrun; returns (info, this rank's device)."""
     info = from_env()
     if not info.enabled:
         return info, device
     if device.type == "cuda":
         if info.local_rank >= torch.cuda.device_count():
-            raise DistributedError(f"local rank {info.local_rank} has no GPU (only "
-                                   f"{torch.cuda.device_count()} visible); lower --nproc_per_node")
+            raise DistributedError(
+                f"local rank {info.local_rank} has no GPU (only "
+                f"{torch.cuda.device_count()} visible); lower --nproc_per_node"
+            )
         torch.cuda.set_device(info.local_rank)
         device = torch.device("cuda", info.local_rank)
     if backend == "auto":
@@ -71,8 +75,11 @@ def setup(device: torch.device, backend: str = "auto", timeout_s: float = 600.0
     if backend not in ("nccl", "gloo"):
         raise UsageError(f"unknown --dist-backend {backend!r}; valid: auto, nccl, gloo")
     if not dist.is_initialized():
-        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s),
-                                **({"device_id": device} if backend == "nccl" else {}))
+        dist.init_process_group(
+            backend,
+            timeout=timedelta(seconds=timeout_s),
+            **({"device_id": device} if backend == "nccl" else {}),
+        )
     return info, device
 
 
@@ -151,8 +158,11 @@ class _GlobalBatchNorm2d(torch.nn.BatchNorm2d):
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
-                m = (1.0 / float(self.num_batches_tracked) if self.momentum is None
-                     else self.momentum)
+                m = (
+                    1.0 / float(self.num_batches_tracked)
+                    if self.momentum is None
+                    else self.momentum
+                )
                 self.running_mean.lerp_(mean.detach(), m)
                 self.running_var.lerp_(var.detach() * n / (n - 1).clamp(min=1), m)
         y = centred * torch.rsqrt(var + self.eps).view(1, c, 1, 1)

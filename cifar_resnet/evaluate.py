@@ -66,7 +66,9 @@ def evaluate_checkpoint(
     result = evaluate(
         model, loader, resolve_precision(config.precision, dev), len(bundle.classes), tta=tta
     )
-    result.update(tta=tta, ema=ema, split=split, classes=list(ckpt["classes"]), model=ckpt["model_name"])
+    result.update(
+        tta=tta, ema=ema, split=split, classes=list(ckpt["classes"]), model=ckpt["model_name"]
+    )
     return result
 
 

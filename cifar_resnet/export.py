@@ -53,8 +53,7 @@ def _atomic_path(out: Path) -> Iterator[Path]:
         fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
         os.close(fd)
     except OSError as e:
-        raise OutputError(f"cannot write {out}: {e.strerror or e}; choose another --out") \
-            from None
+        raise OutputError(f"cannot write {out}: {e.strerror or e}; choose another --out") from None
     try:
         yield Path(tmp)
         umask = os.umask(0)
@@ -62,14 +61,14 @@ def _atomic_path(out: Path) -> Iterator[Path]:
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; an export is not
         os.replace(tmp, out)
     except OSError as e:
-        raise OutputError(f"cannot write {out}: {e.strerror or e}; choose another --out") \
-            from None
+        raise OutputError(f"cannot write {out}: {e.strerror or e}; choose another --out") from None
     finally:
         Path(tmp).unlink(missing_ok=True)
 
 
-def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path,
-                 meta: dict[str, str]) -> str:
+def _export_onnx(
+    model: torch.nn.Module, example: torch.Tensor, path: Path, meta: dict[str, str]
+) -> str:
     onnx = require("onnx", "export")
     import importlib.util
 
@@ -77,13 +76,28 @@ def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path,
     with _no_deprecation_warnings():
         if dynamo:
             batch = torch.export.Dim("batch", min=1)
-            torch.onnx.export(model, (example,), str(path), input_names=["images"],
-                              output_names=["logits"], opset_version=ONNX_OPSET, dynamo=True,
-                              dynamic_shapes=({0: batch},), external_data=False)
+            torch.onnx.export(
+                model,
+                (example,),
+                str(path),
+                input_names=["images"],
+                output_names=["logits"],
+                opset_version=ONNX_OPSET,
+                dynamo=True,
+                dynamic_shapes=({0: batch},),
+                external_data=False,
+            )
         else:
-            torch.onnx.export(model, (example,), str(path), input_names=["images"],
-                              output_names=["logits"], opset_version=ONNX_OPSET, dynamo=False,
-                              dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+            torch.onnx.export(
+                model,
+                (example,),
+                str(path),
+                input_names=["images"],
+                output_names=["logits"],
+                opset_version=ONNX_OPSET,
+                dynamo=False,
+                dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+            )
     proto = onnx.load(str(path))
     for key, value in meta.items():
         entry = proto.metadata_props.add()
@@ -93,8 +107,9 @@ def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path,
     return "dynamo" if dynamo else "torchscript"
 
 
-def _export_torchscript(model: torch.nn.Module, example: torch.Tensor, path: Path,
-                        meta: dict[str, str]) -> None:
+def _export_torchscript(
+    model: torch.nn.Module, example: torch.Tensor, path: Path, meta: dict[str, str]
+) -> None:
     with _no_deprecation_warnings():
         traced = torch.jit.trace(model, example)  # the models have no data-dependent branches
         torch.jit.save(traced, str(path), _extra_files={METADATA_FILE: json.dumps(meta)})
@@ -106,8 +121,14 @@ def _export_safetensors(model: torch.nn.Module, path: Path, meta: dict[str, str]
     st.save_file(state, str(path), metadata=meta)
 
 
-def check_images(ckpt: dict[str, Any], data: str | None, *, data_dir: str | None = None,
-                 cache_dir: str | None = None, n: int = CHECK_IMAGES) -> tuple[np.ndarray, str]:
+def check_images(
+    ckpt: dict[str, Any],
+    data: str | None,
+    *,
+    data_dir: str | None = None,
+    cache_dir: str | None = None,
+    n: int = CHECK_IMAGES,
+) -> tuple[np.ndarray, str]:
     """uint8 (n, N, N, 3) images to compare exports on: the test split's, or random ones."""
     size = checkpoint_image_size(ckpt)
     if data is None:
@@ -116,8 +137,13 @@ def check_images(ckpt: dict[str, Any], data: str | None, *, data_dir: str | None
     from .data import load_data, subset
 
     config = ckpt.get("config", {})
-    bundle = load_data(data, data_dir=data_dir, image_size=config.get("image_size") or None,
-                       cache_dir=cache_dir, progress=False)
+    bundle = load_data(
+        data,
+        data_dir=data_dir,
+        image_size=config.get("image_size") or None,
+        cache_dir=cache_dir,
+        progress=False,
+    )
     test = subset(bundle.test, min(n, len(bundle.test)), int(config.get("seed", 0)))
     return test.images, f"{len(test)} test images of {data}"
 
@@ -126,8 +152,12 @@ def compare(reference: Predictor, other: Predictor, images: np.ndarray) -> dict[
     """Max abs difference of the logits, and whether the top-1 predictions agree."""
     a, b = reference.logits(images), other.logits(images)
     agree = a.argmax(1) == b.argmax(1)
-    return {"images": len(images), "max_abs_diff": float(np.abs(a - b).max()),
-            "predictions_equal": bool(agree.all()), "agreement": float(agree.mean())}
+    return {
+        "images": len(images),
+        "max_abs_diff": float(np.abs(a - b).max()),
+        "predictions_equal": bool(agree.all()),
+        "agreement": float(agree.mean()),
+    }
 
 
 def export_model(
@@ -185,8 +215,10 @@ def export_model(
                 onnx_file = tmp.with_name(tmp.name + ".onnx")
                 os.replace(tmp, onnx_file)
                 try:
-                    result["check"] = {"on": where, **compare(
-                        from_checkpoint(ckpt, source), load_predictor(onnx_file), images)}
+                    result["check"] = {
+                        "on": where,
+                        **compare(from_checkpoint(ckpt, source), load_predictor(onnx_file), images),
+                    }
                 finally:
                     os.replace(onnx_file, tmp)
     result["bytes"] = out.stat().st_size
@@ -195,38 +227,64 @@ def export_model(
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "export", help="write a model as ONNX, TorchScript or safetensors, with its class names "
-        "and normalisation", description="Export a run's newest checkpoint (or a .pt file). "
+        "export",
+        help="write a model as ONNX, TorchScript or safetensors, with its class names "
+        "and normalisation",
+        description="Export a run's newest checkpoint (or a .pt file). "
         "The file carries the class names, mean/std and image size; `cifar-resnet predict "
-        "FILE` reads it. ONNX exports are checked against PyTorch with onnxruntime.")
+        "FILE` reads it. ONNX exports are checked against PyTorch with onnxruntime.",
+    )
     p.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
-    p.add_argument("--format", dest="format", choices=FORMATS, required=True,
-                   help="onnx (onnxruntime, other languages), torchscript (C++ libtorch), or "
-                   "safetensors (weights only, safe to load from anyone)")
+    p.add_argument(
+        "--format",
+        dest="format",
+        choices=FORMATS,
+        required=True,
+        help="onnx (onnxruntime, other languages), torchscript (C++ libtorch), or "
+        "safetensors (weights only, safe to load from anyone)",
+    )
     p.add_argument("--out", required=True, metavar="FILE", help="the file to write")
-    p.add_argument("--data", help="check the ONNX file on this dataset's test images (the one "
-                   "the model was trained on) instead of random images")
+    p.add_argument(
+        "--data",
+        help="check the ONNX file on this dataset's test images (the one "
+        "the model was trained on) instead of random images",
+    )
     p.add_argument("--data-dir", help="where cifar10/cifar100 are downloaded")
     p.add_argument("--cache-dir", help="where decoded images are cached")
-    p.add_argument("--no-check", dest="check", action="store_false",
-                   help="skip the onnxruntime comparison after an ONNX export")
+    p.add_argument(
+        "--no-check",
+        dest="check",
+        action="store_false",
+        help="skip the onnxruntime comparison after an ONNX export",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    result = export_model(args.target, args.format, args.out, data=args.data,
-                          data_dir=args.data_dir, cache_dir=args.cache_dir, check=args.check)
+    result = export_model(
+        args.target,
+        args.format,
+        args.out,
+        data=args.data,
+        data_dir=args.data_dir,
+        cache_dir=args.cache_dir,
+        check=args.check,
+    )
     if args.json:
         print(json.dumps(result))
         return 0
-    print(f"wrote {result['out']} ({result['format']}, {result['bytes']:,} bytes) from "
-          f"{result['checkpoint']}")
+    print(
+        f"wrote {result['out']} ({result['format']}, {result['bytes']:,} bytes) from "
+        f"{result['checkpoint']}"
+    )
     if "check" in result:
         c = result["check"]
-        print(f"onnxruntime vs PyTorch on {c['on']}: max abs logit difference "
-              f"{c['max_abs_diff']:.2e}, predictions "
-              f"{'equal' if c['predictions_equal'] else 'differ'} "
-              f"({100 * c['agreement']:.1f}% agree)")
+        print(
+            f"onnxruntime vs PyTorch on {c['on']}: max abs logit difference "
+            f"{c['max_abs_diff']:.2e}, predictions "
+            f"{'equal' if c['predictions_equal'] else 'differ'} "
+            f"({100 * c['agreement']:.1f}% agree)"
+        )
     return 0

@@ -61,8 +61,14 @@ class Predictor:
         flip test-time augmentation as ``evaluate --tta``).
         """
         # The evaluation loader normalises, so predictions see exactly what evaluation sees.
-        loader = DeviceLoader(images, np.zeros(len(images), dtype=np.int64), BATCH_SIZE,
-                              train=False, mean=self.mean, std=self.std)
+        loader = DeviceLoader(
+            images,
+            np.zeros(len(images), dtype=np.int64),
+            BATCH_SIZE,
+            train=False,
+            mean=self.mean,
+            std=self.std,
+        )
         out = []
         for x, _ in loader:
             logits = self.forward(x)
@@ -74,8 +80,13 @@ class Predictor:
         return np.concatenate(out).astype(np.float32, copy=False)
 
 
-def metadata(classes: Sequence[str], mean: Sequence[float], std: Sequence[float],
-             model_name: str, image_size: int) -> dict[str, str]:
+def metadata(
+    classes: Sequence[str],
+    mean: Sequence[float],
+    std: Sequence[float],
+    model_name: str,
+    image_size: int,
+) -> dict[str, str]:
     """The string key/value pairs every exported file carries."""
     return {
         "format": METADATA_FORMAT,
@@ -90,14 +101,19 @@ def metadata(classes: Sequence[str], mean: Sequence[float], std: Sequence[float]
 def checkpoint_image_size(ckpt: dict[str, Any]) -> int:
     """The side of the training images: --image-size, else the data's own size (recorded as
     ``input_size``), else 32 (CIFAR's)."""
-    return (int(ckpt.get("config", {}).get("image_size") or 0)
-            or int(ckpt.get("input_size", 0)) or CIFAR_SIDE)
+    return (
+        int(ckpt.get("config", {}).get("image_size") or 0)
+        or int(ckpt.get("input_size", 0))
+        or CIFAR_SIDE
+    )
 
 
 def _from_metadata(meta: dict[str, str], where: str) -> dict[str, Any]:
     if meta.get("format") != METADATA_FORMAT:
-        raise CheckpointError(f"{where} carries no cifar-resnet metadata (class names, "
-                              "normalisation); export it with `cifar-resnet export`")
+        raise CheckpointError(
+            f"{where} carries no cifar-resnet metadata (class names, "
+            "normalisation); export it with `cifar-resnet export`"
+        )
     try:
         return {
             "classes": [str(c) for c in json.loads(meta["classes"])],
@@ -132,9 +148,15 @@ def from_checkpoint(ckpt: dict[str, Any], source: str = "checkpoint") -> Predict
     """A predictor from a loaded checkpoint dict (fp32, on the CPU)."""
     from .evaluate import load_model
 
-    return Predictor(_torch_forward(load_model(ckpt, "cpu")), list(ckpt["classes"]),
-                     tuple(ckpt["mean"]), tuple(ckpt["std"]), checkpoint_image_size(ckpt),
-                     ckpt["model_name"], source)
+    return Predictor(
+        _torch_forward(load_model(ckpt, "cpu")),
+        list(ckpt["classes"]),
+        tuple(ckpt["mean"]),
+        tuple(ckpt["std"]),
+        checkpoint_image_size(ckpt),
+        ckpt["model_name"],
+        source,
+    )
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -151,8 +173,9 @@ def _load_torchscript(path: Path) -> Predictor:
         with _no_deprecation_warnings():
             model = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except Exception as e:  # noqa: BLE001 - any failure means the file is unusable
-        raise CheckpointError(f"cannot load TorchScript file {path} ({str(e).strip()[:160]})") \
-            from None
+        raise CheckpointError(
+            f"cannot load TorchScript file {path} ({str(e).strip()[:160]})"
+        ) from None
     try:
         meta = json.loads(extra[METADATA_FILE] or "{}")
     except ValueError:
@@ -187,15 +210,18 @@ def _load_safetensors(path: Path) -> Predictor:
             meta = dict(f.metadata() or {})
         state = st.load_file(str(path))
     except Exception as e:  # noqa: BLE001 - any failure means the file is unusable
-        raise CheckpointError(f"cannot load safetensors file {path} ({str(e).strip()[:160]})") \
-            from None
+        raise CheckpointError(
+            f"cannot load safetensors file {path} ({str(e).strip()[:160]})"
+        ) from None
     info = _from_metadata(meta, str(path))
     model = create_model(info["model_name"], len(info["classes"]))
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise CheckpointError(f"{path} does not match a {info['model_name']} model "
-                              f"({str(e).strip().splitlines()[0][:160]})") from None
+        raise CheckpointError(
+            f"{path} does not match a {info['model_name']} model "
+            f"({str(e).strip().splitlines()[0][:160]})"
+        ) from None
     return Predictor(_torch_forward(model.eval()), source=str(path), **info)
 
 
@@ -232,8 +258,10 @@ def require(module: str, extra: str):
         return importlib.import_module(module)
     except ImportError:
         package = module.split(".")[0]
-        raise UsageError(f"this needs the optional package {package}; install it with "
-                         f"pip install 'cifar-resnet[{extra}]'") from None
+        raise UsageError(
+            f"this needs the optional package {package}; install it with "
+            f"pip install 'cifar-resnet[{extra}]'"
+        ) from None
 
 
 def _image_suffixes() -> set[str]:
@@ -248,9 +276,13 @@ def expand_paths(paths: Iterable[str | os.PathLike], warn: Callable[[str], None]
     found: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            inside = [f for f in sorted(p.rglob("*")) if f.is_file()
-                      and f.suffix.lower() in suffixes
-                      and not any(part.startswith(".") for part in f.relative_to(p).parts)]
+            inside = [
+                f
+                for f in sorted(p.rglob("*"))
+                if f.is_file()
+                and f.suffix.lower() in suffixes
+                and not any(part.startswith(".") for part in f.relative_to(p).parts)
+            ]
             if not inside:
                 warn(f"warning: no image files in folder {p}")
             found += inside
@@ -301,33 +333,63 @@ def predict_images(
     top_p, top_i = probs.topk(k, dim=1)
     results = []
     for path, ps, idx in zip(files, top_p.tolist(), top_i.tolist()):
-        ranked = [{"class": predictor.classes[i], "index": i, "probability": p}
-                  for p, i in zip(ps, idx)]
-        results.append({"path": str(path), "class": ranked[0]["class"],
-                        "probability": ranked[0]["probability"], "top_k": ranked})
+        ranked = [
+            {"class": predictor.classes[i], "index": i, "probability": p} for p, i in zip(ps, idx)
+        ]
+        results.append(
+            {
+                "path": str(path),
+                "class": ranked[0]["class"],
+                "probability": ranked[0]["probability"],
+                "top_k": ranked,
+            }
+        )
     return results
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "predict", help="classify image files with a run, a checkpoint or an exported model",
+        "predict",
+        help="classify image files with a run, a checkpoint or an exported model",
         description="Classify images of any size: each is converted to RGB and resized by the "
         "training rule (shorter side to N, centre crop to N x N; N is the training image "
-        "size, 32 for CIFAR). Unreadable files are reported on stderr and skipped.")
-    p.add_argument("target", metavar="RUN_DIR|CHECKPOINT|EXPORTED",
-                   help="a run folder, a .pt checkpoint, or a file from `cifar-resnet export` "
-                   "(.onnx, TorchScript .pt, .safetensors)")
-    p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER",
-                   help="image files, or folders searched recursively for images")
-    p.add_argument("--top-k", type=int, default=3, metavar="K",
-                   help="how many classes to show per image, most probable first (default: 3)")
-    p.add_argument("--json", action="store_true",
-                   help="print one JSON object per line, one line per image")
-    p.add_argument("--tta", action="store_true", help="flip test-time augmentation: average "
-                   "the logits of each image and its mirror image")
-    p.add_argument("--image-size", type=int, metavar="N", help="resize to N x N instead of the "
-                   "training image size; only for a model trained with another size than "
-                   "it records")
+        "size, 32 for CIFAR). Unreadable files are reported on stderr and skipped.",
+    )
+    p.add_argument(
+        "target",
+        metavar="RUN_DIR|CHECKPOINT|EXPORTED",
+        help="a run folder, a .pt checkpoint, or a file from `cifar-resnet export` "
+        "(.onnx, TorchScript .pt, .safetensors)",
+    )
+    p.add_argument(
+        "images",
+        nargs="+",
+        metavar="IMAGE_OR_FOLDER",
+        help="image files, or folders searched recursively for images",
+    )
+    p.add_argument(
+        "--top-k",
+        type=int,
+        default=3,
+        metavar="K",
+        help="how many classes to show per image, most probable first (default: 3)",
+    )
+    p.add_argument(
+        "--json", action="store_true", help="print one JSON object per line, one line per image"
+    )
+    p.add_argument(
+        "--tta",
+        action="store_true",
+        help="flip test-time augmentation: average the logits of each image and its mirror image",
+    )
+    p.add_argument(
+        "--image-size",
+        type=int,
+        metavar="N",
+        help="resize to N x N instead of the "
+        "training image size; only for a model trained with another size than "
+        "it records",
+    )
     p.set_defaults(func=run)
     return p
 
@@ -335,11 +397,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     if args.image_size is not None and args.image_size < 1:
         raise UsageError(f"--image-size must be positive, got {args.image_size}")
-    results = predict_images(args.target, args.images, args.top_k, tta=args.tta,
-                             image_size=args.image_size)
+    results = predict_images(
+        args.target, args.images, args.top_k, tta=args.tta, image_size=args.image_size
+    )
     if not results:
-        raise DataError("no readable image among the given paths; pass image files or "
-                        "folders holding them")
+        raise DataError(
+            "no readable image among the given paths; pass image files or folders holding them"
+        )
     for r in results:
         if args.json:
             print(json.dumps(r))

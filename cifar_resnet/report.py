@@ -36,11 +36,14 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, float | None]]:
     """RUN/metrics.csv as dicts of floats; an empty cell (not evaluated that epoch) is None."""
     path = Path(run_dir) / "metrics.csv"
     if not path.is_file():
-        raise UsageError(f"no metrics.csv in {run_dir}; pass a run folder written by "
-                         "`cifar-resnet train --out`")
+        raise UsageError(
+            f"no metrics.csv in {run_dir}; pass a run folder written by `cifar-resnet train --out`"
+        )
     with path.open(newline="") as f:
-        rows = [{k: (float(v) if v not in ("", None) else None) for k, v in row.items()}
-                for row in csv.DictReader(f)]
+        rows = [
+            {k: (float(v) if v not in ("", None) else None) for k, v in row.items()}
+            for row in csv.DictReader(f)
+        ]
     if not rows:
         raise UsageError(f"{path} has no epochs yet; report after the first epoch")
     return rows
@@ -60,8 +63,10 @@ def _save(fig, path: Path) -> Path:
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        raise OutputError(f"cannot write {path}: {e.strerror or e}; check the run folder's "
-                          "permissions and free space") from None
+        raise OutputError(
+            f"cannot write {path}: {e.strerror or e}; check the run folder's "
+            "permissions and free space"
+        ) from None
     return path
 
 
@@ -72,8 +77,10 @@ def _write_text(path: Path, text: str) -> Path:
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        raise OutputError(f"cannot write {path}: {e.strerror or e}; check the run folder's "
-                          "permissions and free space") from None
+        raise OutputError(
+            f"cannot write {path}: {e.strerror or e}; check the run folder's "
+            "permissions and free space"
+        ) from None
     return path
 
 
@@ -94,8 +101,7 @@ def plot_curves(rows: list[dict[str, float | None]], path: Path) -> Path:
         for ax, what in ((loss_ax, "loss"), (acc_ax, "acc")):
             x, y = _series(rows, f"{split}_{what}")
             if y:
-                ax.plot(x, y, style, marker="o" if len(y) < 30 else None, markersize=3,
-                        label=split)
+                ax.plot(x, y, style, marker="o" if len(y) < 30 else None, markersize=3, label=split)
     loss_ax.set(title="loss (cross-entropy)", xlabel="epoch")
     acc_ax.set(title="accuracy (%)", xlabel="epoch")
     for ax in (loss_ax, acc_ax):
@@ -125,14 +131,20 @@ def plot_confusion(confusion: np.ndarray, classes: list[str], path: Path) -> Pat
     if n <= 20:
         for i in range(n):
             for j in range(n):
-                ax.text(j, i, str(int(confusion[i, j])), ha="center", va="center", fontsize=8,
-                        color="white" if shares[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    str(int(confusion[i, j])),
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if shares[i, j] > 0.5 else "black",
+                )
     fig.colorbar(im, ax=ax, shrink=0.8)
     return _save(fig, path)
 
 
-def plot_per_class(per_class: np.ndarray, classes: list[str], overall: float,
-                   path: Path) -> Path:
+def plot_per_class(per_class: np.ndarray, classes: list[str], overall: float, path: Path) -> Path:
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=PER_CLASS_SIZE, layout="constrained")
@@ -147,8 +159,14 @@ def plot_per_class(per_class: np.ndarray, classes: list[str], overall: float,
     return _save(fig, path)
 
 
-def plot_wrong(images: np.ndarray, true: np.ndarray, probs: np.ndarray, classes: list[str],
-               path: Path, count: int = WRONG_COUNT) -> tuple[Path, int]:
+def plot_wrong(
+    images: np.ndarray,
+    true: np.ndarray,
+    probs: np.ndarray,
+    classes: list[str],
+    path: Path,
+    count: int = WRONG_COUNT,
+) -> tuple[Path, int]:
     """A grid of the ``count`` wrong predictions with the highest predicted probability."""
     from matplotlib.figure import Figure
 
@@ -163,15 +181,25 @@ def plot_wrong(images: np.ndarray, true: np.ndarray, probs: np.ndarray, classes:
         ax.axis("off")
     for ax, i in zip(axes, wrong):
         ax.imshow(images[i], interpolation="nearest")
-        ax.set_title(f"true: {classes[true[i]]}\npredicted: {classes[pred[i]]} "
-                     f"{100 * probs[i, pred[i]]:.0f}%", fontsize=9, color="tab:red")
-    fig.suptitle("most confidently wrong test images" if len(wrong) else
-                 "no test image was misclassified")
+        ax.set_title(
+            f"true: {classes[true[i]]}\npredicted: {classes[pred[i]]} "
+            f"{100 * probs[i, pred[i]]:.0f}%",
+            fontsize=9,
+            color="tab:red",
+        )
+    fig.suptitle(
+        "most confidently wrong test images" if len(wrong) else "no test image was misclassified"
+    )
     return _save(fig, path), len(wrong)
 
 
-def split_predictions(run_dir: str | os.PathLike, data: str, *, data_dir: str | None = None,
-                      cache_dir: str | None = None) -> dict[str, Any]:
+def split_predictions(
+    run_dir: str | os.PathLike,
+    data: str,
+    *,
+    data_dir: str | None = None,
+    cache_dir: str | None = None,
+) -> dict[str, Any]:
     """The newest checkpoint's class probabilities on the run's test images.
 
     The same images as ``cifar-resnet evaluate``: the test split, subset by the run's
@@ -184,12 +212,19 @@ def split_predictions(run_dir: str | os.PathLike, data: str, *, data_dir: str | 
 
     path, ckpt = resolve_checkpoint(run_dir)
     config = ckpt.get("config", {})
-    bundle = load_data(data, data_dir=data_dir, image_size=config.get("image_size") or None,
-                       cache_dir=cache_dir, progress=False)
+    bundle = load_data(
+        data,
+        data_dir=data_dir,
+        image_size=config.get("image_size") or None,
+        cache_dir=cache_dir,
+        progress=False,
+    )
     if list(bundle.classes) != list(ckpt["classes"]):
-        raise DataError(f"the data's classes {bundle.classes[:4]}... differ from the "
-                        f"checkpoint's {ckpt['classes'][:4]}...; pass the --data it was "
-                        "trained on")
+        raise DataError(
+            f"the data's classes {bundle.classes[:4]}... differ from the "
+            f"checkpoint's {ckpt['classes'][:4]}...; pass the --data it was "
+            "trained on"
+        )
     test = subset(bundle.test, config.get("limit_test") or None, int(config.get("seed", 0)))
     logits = from_checkpoint(ckpt, str(path)).logits(test.images).astype(np.float64)
     logits -= logits.max(1, keepdims=True)
@@ -198,8 +233,14 @@ def split_predictions(run_dir: str | os.PathLike, data: str, *, data_dir: str | 
     n = len(ckpt["classes"])
     confusion = np.zeros((n, n), dtype=np.int64)
     np.add.at(confusion, (test.labels, probs.argmax(1)), 1)
-    return {"checkpoint": str(path), "classes": list(ckpt["classes"]), "images": test.images,
-            "labels": test.labels, "probs": probs, "confusion": confusion}
+    return {
+        "checkpoint": str(path),
+        "classes": list(ckpt["classes"]),
+        "images": test.images,
+        "labels": test.labels,
+        "probs": probs,
+        "confusion": confusion,
+    }
 
 
 def _fmt_seconds(s: float | None) -> str:
@@ -219,8 +260,13 @@ def _parameters(run: dict[str, Any], summary: dict[str, Any]) -> int | None:
     return None
 
 
-def write_report(run_dir: str | os.PathLike, data: str | None = None, *,
-                 data_dir: str | None = None, cache_dir: str | None = None) -> list[Path]:
+def write_report(
+    run_dir: str | os.PathLike,
+    data: str | None = None,
+    *,
+    data_dir: str | None = None,
+    cache_dir: str | None = None,
+) -> list[Path]:
     """Write the run's plots and ``report.md`` into ``run_dir``; returns the files written.
 
     Without ``data``, only the training curves; with the data the run was trained on, also
@@ -252,20 +298,22 @@ def write_report(run_dir: str | os.PathLike, data: str | None = None, *,
         f"| preset | {preset} |",
         f"| parameters | {params:,} |" if params else "| parameters | n/a |",
         f"| epochs | {int(rows[-1]['epoch'])} ({int(rows[-1]['step'])} steps) |",
-        f"| final test accuracy | {final:.2f}% |" if final is not None else
-        "| final test accuracy | n/a |",
+        f"| final test accuracy | {final:.2f}% |"
+        if final is not None
+        else "| final test accuracy | n/a |",
         f"| best test accuracy | {best['test_acc']:.2f}% (epoch {int(best['epoch'])}) |"
-        if best else "| best test accuracy | n/a |",
+        if best
+        else "| best test accuracy | n/a |",
     ]
     val = [r for r in rows if r.get("val_acc") is not None]
     if val:
         best_val = max(val, key=lambda r: r["val_acc"])
-        lines.append(f"| best val accuracy | {best_val['val_acc']:.2f}% "
-                     f"(epoch {int(best_val['epoch'])}) |")
+        lines.append(
+            f"| best val accuracy | {best_val['val_acc']:.2f}% (epoch {int(best_val['epoch'])}) |"
+        )
     lines += [
         f"| wall time | {_fmt_seconds(wall)} |",
-        f"| train / test images | {run.get('train_images', '?')} / "
-        f"{run.get('test_images', '?')} |",
+        f"| train / test images | {run.get('train_images', '?')} / {run.get('test_images', '?')} |",
         f"| device, precision | {run.get('device', '?')}, {run.get('precision', '?')} |",
         "",
         "## Training curves",
@@ -280,8 +328,9 @@ def write_report(run_dir: str | os.PathLike, data: str | None = None, *,
         overall = 100 * np.trace(confusion) / max(int(confusion.sum()), 1)
         written.append(plot_confusion(confusion, classes, run_dir / "confusion.png"))
         written.append(plot_per_class(per_class, classes, overall, run_dir / "per_class.png"))
-        wrong_png, shown = plot_wrong(t["images"], t["labels"], t["probs"], classes,
-                                      run_dir / "wrong.png")
+        wrong_png, shown = plot_wrong(
+            t["images"], t["labels"], t["probs"], classes, run_dir / "wrong.png"
+        )
         written.append(wrong_png)
         lines += [
             f"## Test set: {overall:.2f}% of {int(confusion.sum())} images",
@@ -294,8 +343,10 @@ def write_report(run_dir: str | os.PathLike, data: str | None = None, *,
             "",
             "| class | accuracy | correct / images |",
             "|---|---|---|",
-            *[f"| {c} | {a:.1f}% | {confusion[i, i]} / {confusion[i].sum()} |"
-              for i, (c, a) in enumerate(zip(classes, per_class))],
+            *[
+                f"| {c} | {a:.1f}% | {confusion[i, i]} / {confusion[i].sum()} |"
+                for i, (c, a) in enumerate(zip(classes, per_class))
+            ],
             "",
             f"## The {shown} most confidently wrong test images",
             "",
@@ -303,21 +354,29 @@ def write_report(run_dir: str | os.PathLike, data: str | None = None, *,
             "",
         ]
     else:
-        lines += ["Run `cifar-resnet report RUN --data DATA` for the confusion matrix, "
-                  "per-class accuracy and the misclassified images.", ""]
+        lines += [
+            "Run `cifar-resnet report RUN --data DATA` for the confusion matrix, "
+            "per-class accuracy and the misclassified images.",
+            "",
+        ]
     written.append(_write_text(run_dir / "report.md", "\n".join(lines)))
     return written
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "report", help="plots and report.md for a run (needs matplotlib)",
+        "report",
+        help="plots and report.md for a run (needs matplotlib)",
         description="Write curves.png and report.md into a run folder; with --data also the "
-        "confusion matrix, per-class accuracy and the most confidently wrong test images.")
+        "confusion matrix, per-class accuracy and the most confidently wrong test images.",
+    )
     p.add_argument("run_dir", metavar="RUN_DIR")
     # --data is optional here (cli._add_data_flags makes it required): without it, curves only.
-    p.add_argument("--data", help="the data the run was trained on, to evaluate its newest "
-                   "checkpoint on the test split for the confusion matrix and error plots")
+    p.add_argument(
+        "--data",
+        help="the data the run was trained on, to evaluate its newest "
+        "checkpoint on the test split for the confusion matrix and error plots",
+    )
     p.add_argument("--data-dir", help="where cifar10/cifar100 are downloaded")
     p.add_argument("--cache-dir", help="where decoded images are cached")
     p.set_defaults(func=run)
@@ -325,8 +384,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    written = write_report(args.run_dir, args.data, data_dir=args.data_dir,
-                           cache_dir=args.cache_dir)
+    written = write_report(
+        args.run_dir, args.data, data_dir=args.data_dir, cache_dir=args.cache_dir
+    )
     for path in written:
         print(f"wrote {path}")
     return 0

@@ -40,9 +40,22 @@ from .models import create_model
 from .schedule import lr_at
 
 HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
-METRIC_FIELDS = ["epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_acc",
-                 "test_loss", "test_acc", "ema_test_loss", "ema_test_acc", "epoch_seconds",
-                 "images_per_s", "wall_seconds"]
+METRIC_FIELDS = [
+    "epoch",
+    "step",
+    "lr",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "test_loss",
+    "test_acc",
+    "ema_test_loss",
+    "ema_test_acc",
+    "epoch_seconds",
+    "images_per_s",
+    "wall_seconds",
+]
 
 
 # ----------------------------------------------------------------------------- runtime
@@ -52,8 +65,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for but no CUDA GPU is visible; "
-                         "use --device cpu or auto")
+        raise UsageError(
+            "--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto"
+        )
     if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
         raise UsageError(f"unknown device {name!r}; valid devices: auto, cpu, cuda")
     return torch.device(name)
@@ -157,8 +171,16 @@ class Stepper:
 
     WARMUP = 3
 
-    def __init__(self, model, optimizer, amp_dtype, device, label_smoothing=0.0, compile=False,
-                 cuda_graph=False):
+    def __init__(
+        self,
+        model,
+        optimizer,
+        amp_dtype,
+        device,
+        label_smoothing=0.0,
+        compile=False,
+        cuda_graph=False,
+    ):
         self.model = model
         self.optimizer = optimizer
         self.amp_dtype = amp_dtype
@@ -178,8 +200,11 @@ class Stepper:
         self.ema = None  # a torch.optim.swa_utils.AveragedModel, updated after every step
 
     def autocast(self):
-        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16,
-                              enabled=self.amp_dtype is not None)
+        return torch.autocast(
+            self.device.type,
+            dtype=self.amp_dtype or torch.bfloat16,
+            enabled=self.amp_dtype is not None,
+        )
 
     def set_counters(self, loss_sum: float, correct: int, step: int) -> None:
         self.loss_sum.fill_(loss_sum)
@@ -217,8 +242,11 @@ class Stepper:
             try:
                 self._capture(x, y)
             except RuntimeError as e:  # an op that cannot be captured: stay eager, say so
-                print(f"warning: CUDA graph capture failed ({str(e).splitlines()[0][:120]}); "
-                      "continuing without it", file=sys.stderr)
+                print(
+                    f"warning: CUDA graph capture failed ({str(e).splitlines()[0][:120]}); "
+                    "continuing without it",
+                    file=sys.stderr,
+                )
                 self.cuda_graph = False
                 torch.cuda.synchronize()
             return self._step(x, y, lr)
@@ -271,14 +299,20 @@ def update_ema(ema, model: torch.nn.Module) -> None:
 def make_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.device):
     # The fused kernel updates every parameter in one launch and takes the lr as a tensor, so
     # a changing lr needs no recompile and no host sync (and can live inside a CUDA graph).
-    return torch.optim.SGD(model.parameters(), lr=torch.tensor(config.lr, device=device),
-                           momentum=config.momentum, nesterov=config.nesterov,
-                           weight_decay=config.weight_decay, fused=True)
+    return torch.optim.SGD(
+        model.parameters(),
+        lr=torch.tensor(config.lr, device=device),
+        momentum=config.momentum,
+        nesterov=config.nesterov,
+        weight_decay=config.weight_decay,
+        fused=True,
+    )
 
 
 @torch.no_grad()
-def evaluate(model, loader: DeviceLoader, amp_dtype=None, num_classes: int | None = None,
-             tta: bool = False) -> dict[str, Any]:
+def evaluate(
+    model, loader: DeviceLoader, amp_dtype=None, num_classes: int | None = None, tta: bool = False
+) -> dict[str, Any]:
     """Loss, accuracy (percent) and the confusion matrix (rows: true, cols: predicted)."""
     was_training = model.training
     model.eval()
@@ -286,8 +320,9 @@ def evaluate(model, loader: DeviceLoader, amp_dtype=None, num_classes: int | Non
     n_cls = num_classes or int(loader.labels.max()) + 1
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     confusion = torch.zeros(n_cls * n_cls, device=device, dtype=torch.int64)
-    with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16,
-                        enabled=amp_dtype is not None):
+    with torch.autocast(
+        device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None
+    ):
         for x, y in loader:
             logits = model(x).float()
             if tta:
@@ -316,8 +351,16 @@ def _eval_result(loss_sum: torch.Tensor, confusion: torch.Tensor) -> dict[str, A
     }
 
 
-def train_one_epoch(stepper: Stepper, loader: DeviceLoader, state: RunState, config: TrainConfig,
-                    total_steps: int, stop: Stop, on_step=None, progress: bool = False) -> bool:
+def train_one_epoch(
+    stepper: Stepper,
+    loader: DeviceLoader,
+    state: RunState,
+    config: TrainConfig,
+    total_steps: int,
+    stop: Stop,
+    on_step=None,
+    progress: bool = False,
+) -> bool:
     """Train from ``state.epoch_step`` to the end of the epoch (or ``total_steps``).
 
     Returns False when stopped early by a signal; raises DivergedError on a non-finite loss.
@@ -327,8 +370,15 @@ def train_one_epoch(stepper: Stepper, loader: DeviceLoader, state: RunState, con
     sync_every = 1 if loader.device.type == "cpu" else 100
     loss_sum, correct, seen = state.epoch_sums
     stepper.set_counters(loss_sum, int(correct), state.step)
-    bar = tqdm(total=steps_per_epoch, initial=state.epoch_step, disable=not progress,
-               leave=False, unit="step", dynamic_ncols=True, desc=f"epoch {state.epoch + 1}")
+    bar = tqdm(
+        total=steps_per_epoch,
+        initial=state.epoch_step,
+        disable=not progress,
+        leave=False,
+        unit="step",
+        dynamic_ncols=True,
+        desc=f"epoch {state.epoch + 1}",
+    )
     start = time.perf_counter()
     completed = True
     for x, y in loader.batches(state.epoch_step):
@@ -364,8 +414,9 @@ def train_one_epoch(stepper: Stepper, loader: DeviceLoader, state: RunState, con
 def _check_finite(stepper, state, config, steps_per_epoch, total_steps, bar) -> None:
     bad = int(stepper.first_bad)
     if distributed.is_enabled():  # every rank raises together, naming the same step
-        flags = distributed.all_sum([float(bad >= 0), float(bad if bad >= 0 else 0)],
-                                    stepper.device)
+        flags = distributed.all_sum(
+            [float(bad >= 0), float(bad if bad >= 0 else 0)], stepper.device
+        )
         bad = int(flags[1] / flags[0]) if flags[0] else -1
     if bad >= 0:
         bar.close()
@@ -373,12 +424,20 @@ def _check_finite(stepper, state, config, steps_per_epoch, total_steps, bar) -> 
         raise DivergedError(
             f"the loss became non-finite at epoch {epoch}, step {step} (global step {bad + 1}, "
             f"lr {lr_at(config, bad, steps_per_epoch, total_steps):g}); lower --lr or check "
-            "the data; the last good checkpoint is kept")
+            "the data; the last good checkpoint is kept"
+        )
 
 
-def plan_time_budget(config: TrainConfig, stepper: Stepper, loader: DeviceLoader,
-                     eval_loaders: list[DeviceLoader], elapsed: float, save_seconds: float,
-                     num_classes: int, log=print) -> int:
+def plan_time_budget(
+    config: TrainConfig,
+    stepper: Stepper,
+    loader: DeviceLoader,
+    eval_loaders: list[DeviceLoader],
+    elapsed: float,
+    save_seconds: float,
+    num_classes: int,
+    log=print,
+) -> int:
     """How many steps fit in ``config.time_budget`` seconds, evaluations and saves included.
 
     Times a few steps and one evaluation pass on a throwaway copy of the model (the run itself
@@ -389,8 +448,14 @@ def plan_time_budget(config: TrainConfig, stepper: Stepper, loader: DeviceLoader
     import copy
 
     model = copy.deepcopy(ckpt_io.unwrap(stepper.model))
-    probe = Stepper(model, make_optimizer(model, config, stepper.device), stepper.amp_dtype,
-                    stepper.device, config.label_smoothing, cuda_graph=stepper.cuda_graph)
+    probe = Stepper(
+        model,
+        make_optimizer(model, config, stepper.device),
+        stepper.amp_dtype,
+        stepper.device,
+        config.label_smoothing,
+        cuda_graph=stepper.cuda_graph,
+    )
     sync = torch.cuda.synchronize if stepper.device.type == "cuda" else (lambda: None)
     batches = loader.batches(0)
     warm, timed = Stepper.WARMUP + 1, 0
@@ -410,8 +475,10 @@ def plan_time_budget(config: TrainConfig, stepper: Stepper, loader: DeviceLoader
     for ev in eval_loaders:
         evaluate(model, ev, stepper.amp_dtype, num_classes)
     eval_s = time.perf_counter() - t0
-    step_s, eval_s = (v / distributed.from_env().world_size
-                      for v in distributed.all_sum([step_s, eval_s], stepper.device))
+    step_s, eval_s = (
+        v / distributed.from_env().world_size
+        for v in distributed.all_sum([step_s, eval_s], stepper.device)
+    )
     spe = len(loader)
     budget = config.time_budget * 0.98 - elapsed - (time.perf_counter() - t0 + eval_s)
     steps = int(budget / step_s)
@@ -423,10 +490,14 @@ def plan_time_budget(config: TrainConfig, stepper: Stepper, loader: DeviceLoader
             break
         steps = max(fit_steps, 0)
     if steps < 1:
-        raise UsageError(f"--time-budget {config.time_budget:g}s is too short: a step takes "
-                         f"{step_s:.3f}s and an evaluation {eval_s:.1f}s here")
-    log(f"time budget {config.time_budget:g}s: {steps} steps planned ({steps / spe:.1f} epochs; "
-        f"{step_s * 1e3:.1f} ms/step, evaluation {eval_s:.1f}s, {elapsed:.1f}s spent before)")
+        raise UsageError(
+            f"--time-budget {config.time_budget:g}s is too short: a step takes "
+            f"{step_s:.3f}s and an evaluation {eval_s:.1f}s here"
+        )
+    log(
+        f"time budget {config.time_budget:g}s: {steps} steps planned ({steps / spe:.1f} epochs; "
+        f"{step_s * 1e3:.1f} ms/step, evaluation {eval_s:.1f}s, {elapsed:.1f}s spent before)"
+    )
     return steps
 
 
@@ -438,9 +509,12 @@ def budget_schedule(config: TrainConfig, planned: int, spe: int) -> TrainConfig:
     full = config.steps or config.epochs * spe
     ratio = planned / full
     return dataclasses.replace(
-        config, steps=planned, lr_step=max(1, round(config.lr_step * ratio)),
+        config,
+        steps=planned,
+        lr_step=max(1, round(config.lr_step * ratio)),
         lr_milestones=[max(1, round(m * ratio)) for m in config.lr_milestones],
-        warmup_steps=round(config.warmup_steps * ratio))
+        warmup_steps=round(config.warmup_steps * ratio),
+    )
 
 
 # ----------------------------------------------------------------------------- fit
@@ -465,8 +539,10 @@ def prepare_data(config: TrainConfig, bundle: DataBundle) -> Prepared:
     train, val = bundle.train, None
     if config.val_split:
         if config.val_split >= len(train.labels):
-            raise UsageError(f"--val-split {config.val_split} leaves no training images "
-                             f"(the training set has {len(train.labels)})")
+            raise UsageError(
+                f"--val-split {config.val_split} leaves no training images "
+                f"(the training set has {len(train.labels)})"
+            )
         train, val = split_validation(train, config.val_split, config.seed)
     train = subset(train, config.limit_train or None, config.seed)
     test = subset(bundle.test, config.limit_test or None, config.seed)
@@ -484,8 +560,10 @@ def _write_text_atomic(path: Path, text: str) -> None:
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        raise OutputError(f"cannot write {path}: {e.strerror or e}; check the output folder's "
-                          "permissions and free space") from None
+        raise OutputError(
+            f"cannot write {path}: {e.strerror or e}; check the output folder's "
+            "permissions and free space"
+        ) from None
 
 
 def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -508,8 +586,10 @@ def epoch_line(row: dict[str, Any]) -> str:
         line += f" | val loss {row['val_loss']:.4f} acc {row['val_acc']:.2f}%"
     if "ema_test_acc" in row:
         line += f" | EMA test acc {row['ema_test_acc']:.2f}%"
-    return (line + f" | train loss {row['train_loss']:.4f} acc {row['train_acc']:.2f}%"
-            f" | lr {row['lr']:.4g} | {row['epoch_seconds']:.1f}s {row['images_per_s']:.0f} img/s")
+    return (
+        line + f" | train loss {row['train_loss']:.4f} acc {row['train_acc']:.2f}%"
+        f" | lr {row['lr']:.4g} | {row['epoch_seconds']:.1f}s {row['images_per_s']:.0f} img/s"
+    )
 
 
 def fit(
@@ -537,23 +617,38 @@ def fit(
     """
     dist_info, dev = distributed.setup(resolve_device(device), dist_backend, dist_timeout)
     try:
-        return _fit(config, bundle, Path(out_dir), preset, dev, resume,
-                    quiet or not dist_info.is_main, progress, log, dist_info,
-                    time.perf_counter() if started is None else started, tensorboard)
+        return _fit(
+            config,
+            bundle,
+            Path(out_dir),
+            preset,
+            dev,
+            resume,
+            quiet or not dist_info.is_main,
+            progress,
+            log,
+            dist_info,
+            time.perf_counter() if started is None else started,
+            tensorboard,
+        )
     except RuntimeError as e:
         if not dist_info.enabled:
             raise
         # A peer died or timed out: say which rank noticed; torchrun names the one that failed.
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise DistributedError(f"rank {dist_info.rank} of {dist_info.world_size} lost the other "
-                               f"ranks ({first}); continue with --resume auto") from None
+        raise DistributedError(
+            f"rank {dist_info.rank} of {dist_info.world_size} lost the other "
+            f"ranks ({first}); continue with --resume auto"
+        ) from None
     finally:
         distributed.cleanup()
 
 
-def _fit(config, bundle, out, preset, dev, resume, quiet, progress, log, dist_info, started,
-         tensorboard):
+def _fit(
+    config, bundle, out, preset, dev, resume, quiet, progress, log, dist_info, started, tensorboard
+):
     from torch.nn.parallel import DistributedDataParallel
+
     amp_dtype = resolve_precision(config.precision, dev)
     channels_last = resolve_channels_last(config.channels_last)
     use_compile = resolve_compile(config.compile)
@@ -567,26 +662,47 @@ def _fit(config, bundle, out, preset, dev, resume, quiet, progress, log, dist_in
         _prepare_out_dir(out)
     seed_everything(config.seed)
     if dist_info.enabled and config.batch_size < dist_info.world_size:
-        raise UsageError(f"--batch-size {config.batch_size} is the global batch and must be at "
-                         f"least the number of processes ({dist_info.world_size})")
+        raise UsageError(
+            f"--batch-size {config.batch_size} is the global batch and must be at "
+            f"least the number of processes ({dist_info.world_size})"
+        )
 
     data = prepare_data(config, bundle)
     if resume is not None:
         data.mean, data.std = tuple(resume["mean"]), tuple(resume["std"])
     n_train = len(data.train.labels)
-    loader = DeviceLoader(data.train.images, data.train.labels, config.batch_size, device=dev,
-                          train=True, padding=config.padding, flip=config.flip, mean=data.mean,
-                          std=data.std, seed=config.seed, channels_last=channels_last,
-                          rank=dist_info.rank, world_size=dist_info.world_size)
-    eval_kw = dict(device=dev, train=False, mean=data.mean, std=data.std,
-                   channels_last=channels_last, rank=dist_info.rank,
-                   world_size=dist_info.world_size)
-    test_loader = DeviceLoader(data.test.images, data.test.labels, config.eval_batch_size,
-                               **eval_kw)
+    loader = DeviceLoader(
+        data.train.images,
+        data.train.labels,
+        config.batch_size,
+        device=dev,
+        train=True,
+        padding=config.padding,
+        flip=config.flip,
+        mean=data.mean,
+        std=data.std,
+        seed=config.seed,
+        channels_last=channels_last,
+        rank=dist_info.rank,
+        world_size=dist_info.world_size,
+    )
+    eval_kw = dict(
+        device=dev,
+        train=False,
+        mean=data.mean,
+        std=data.std,
+        channels_last=channels_last,
+        rank=dist_info.rank,
+        world_size=dist_info.world_size,
+    )
+    test_loader = DeviceLoader(
+        data.test.images, data.test.labels, config.eval_batch_size, **eval_kw
+    )
     val_loader = None
     if data.val is not None:
-        val_loader = DeviceLoader(data.val.images, data.val.labels, config.eval_batch_size,
-                                  **eval_kw)
+        val_loader = DeviceLoader(
+            data.val.images, data.val.labels, config.eval_batch_size, **eval_kw
+        )
 
     model = create_model(model_name(config), len(data.classes)).to(dev)
     if channels_last:
@@ -604,11 +720,19 @@ def _fit(config, bundle, out, preset, dev, resume, quiet, progress, log, dist_in
         if config.sync_bn:
             train_model = distributed.convert_sync_batchnorm(train_model, dev)
         train_model = DistributedDataParallel(
-            train_model, device_ids=[dev.index] if dev.type == "cuda" else None)
+            train_model, device_ids=[dev.index] if dev.type == "cuda" else None
+        )
     # DDP's gradient all-reduce is not captured into the graph here: graphs are single-process.
     use_graph = dev.type == "cuda" and not config.deterministic and not dist_info.enabled
-    stepper = Stepper(train_model, optimizer, amp_dtype, dev, config.label_smoothing,
-                      use_compile, cuda_graph=use_graph)
+    stepper = Stepper(
+        train_model,
+        optimizer,
+        amp_dtype,
+        dev,
+        config.label_smoothing,
+        use_compile,
+        cuda_graph=use_graph,
+    )
     if config.ema:
         stepper.ema = make_ema(model, config.ema)
         if resume is not None and "ema" in resume:
@@ -623,41 +747,80 @@ def _fit(config, bundle, out, preset, dev, resume, quiet, progress, log, dist_in
         probe_path = out / ".budget-probe.pt"
         t0 = time.perf_counter()
         if main:
-            ckpt_io.save_atomic({"model": model.state_dict(), "opt": optimizer.state_dict()},
-                                probe_path)
+            ckpt_io.save_atomic(
+                {"model": model.state_dict(), "opt": optimizer.state_dict()}, probe_path
+            )
             probe_path.unlink()
         save_s = distributed.all_sum([time.perf_counter() - t0], dev)[0]
         state.planned_steps = plan_time_budget(
-            config, stepper, loader, eval_loaders, time.perf_counter() - started, save_s,
-            len(data.classes), log=(lambda m: None) if quiet else log)
+            config,
+            stepper,
+            loader,
+            eval_loaders,
+            time.perf_counter() - started,
+            save_s,
+            len(data.classes),
+            log=(lambda m: None) if quiet else log,
+        )
         config = budget_schedule(config, state.planned_steps, steps_per_epoch)
     total_steps = config.steps or config.epochs * steps_per_epoch
     total_epochs = -(-total_steps // steps_per_epoch)
-    meta = {"classes": data.classes, "mean": list(data.mean), "std": list(data.std),
-            "model_name": model_name(config), "preset": preset,
-            "input_size": int(data.train.images.shape[1])}
+    meta = {
+        "classes": data.classes,
+        "mean": list(data.mean),
+        "std": list(data.std),
+        "model_name": model_name(config),
+        "preset": preset,
+        "input_size": int(data.train.images.shape[1]),
+    }
     if main:
-        _write_run_files(out, preset, config, {
-            **meta, "device": str(dev), "precision": str(amp_dtype or "fp32"),
-            "channels_last": channels_last, "compile": use_compile, "cuda_graph": use_graph,
-            "train_images": n_train,
-            "val_images": 0 if data.val is None else len(data.val.labels),
-            "test_images": len(data.test.labels), "steps_per_epoch": steps_per_epoch,
-            "total_steps": total_steps, "torch": torch.__version__,
-            "data_source": bundle.source, "world_size": dist_info.world_size,
-            "sync_bn": config.sync_bn and dist_info.enabled})
+        _write_run_files(
+            out,
+            preset,
+            config,
+            {
+                **meta,
+                "device": str(dev),
+                "precision": str(amp_dtype or "fp32"),
+                "channels_last": channels_last,
+                "compile": use_compile,
+                "cuda_graph": use_graph,
+                "train_images": n_train,
+                "val_images": 0 if data.val is None else len(data.val.labels),
+                "test_images": len(data.test.labels),
+                "steps_per_epoch": steps_per_epoch,
+                "total_steps": total_steps,
+                "torch": torch.__version__,
+                "data_source": bundle.source,
+                "world_size": dist_info.world_size,
+                "sync_bn": config.sync_bn and dist_info.enabled,
+            },
+        )
 
     def save(path: Path) -> None:
         if not main:
             return
-        ckpt_io.save_atomic({
-            "format": "cifar-resnet", "version": ckpt_io.CHECKPOINT_VERSION,
-            "model": ckpt_io.unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-            "state": vars(state).copy(), "rng": ckpt_io.rng_state(),
-            "config": config.to_dict(), **meta,
-            **({"ema": stepper.ema.module.state_dict(),
-                "ema_n_averaged": int(stepper.ema.n_averaged)} if stepper.ema else {}),
-        }, path)
+        ckpt_io.save_atomic(
+            {
+                "format": "cifar-resnet",
+                "version": ckpt_io.CHECKPOINT_VERSION,
+                "model": ckpt_io.unwrap(model).state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "state": vars(state).copy(),
+                "rng": ckpt_io.rng_state(),
+                "config": config.to_dict(),
+                **meta,
+                **(
+                    {
+                        "ema": stepper.ema.module.state_dict(),
+                        "ema_n_averaged": int(stepper.ema.n_averaged),
+                    }
+                    if stepper.ema
+                    else {}
+                ),
+            },
+            path,
+        )
 
     def save_step() -> None:
         if main:
@@ -665,36 +828,46 @@ def _fit(config, bundle, out, preset, dev, resume, quiet, progress, log, dist_in
             ckpt_io.prune(out, config.keep)
 
     def on_step() -> None:
-        if config.save_every_steps and state.step % config.save_every_steps == 0 \
-                and state.epoch_step < steps_per_epoch:
+        if (
+            config.save_every_steps
+            and state.step % config.save_every_steps == 0
+            and state.epoch_step < steps_per_epoch
+        ):
             save_step()
 
     show_bar = (sys.stdout.isatty() and not quiet) if progress is None else progress
     if not quiet:
-        log(f"training {meta['model_name']} ({preset} preset) on {n_train} images, "
+        log(
+            f"training {meta['model_name']} ({preset} preset) on {n_train} images, "
             f"{len(data.classes)} classes, {dev}, {amp_dtype or 'fp32'}"
             f"{', channels_last' if channels_last else ''}{', compiled' if use_compile else ''}"
             f"{', CUDA graph' if use_graph else ''}"
             f"{f', {dist_info.world_size} processes' if dist_info.enabled else ''}; "
-            f"{total_epochs} epochs of {steps_per_epoch} steps; run folder {out}")
+            f"{total_epochs} epochs of {steps_per_epoch} steps; run folder {out}"
+        )
     model.train()
     with Stop() as stop:
         while state.step < total_steps:
             wall = time.perf_counter()
-            done = train_one_epoch(stepper, loader, state, config, total_steps, stop,
-                                   on_step, show_bar)
+            done = train_one_epoch(
+                stepper, loader, state, config, total_steps, stop, on_step, show_bar
+            )
             if not done:
                 state.wall_seconds += time.perf_counter() - wall
                 save_step()
                 where = f"epoch {state.epoch + 1}, step {state.step}"
-                raise Interrupted(f"stopped by signal {stop.signum} at {where}; the run is saved: "
-                                  f"continue with `cifar-resnet train --resume {out}`")
+                raise Interrupted(
+                    f"stopped by signal {stop.signum} at {where}; the run is saved: "
+                    f"continue with `cifar-resnet train --resume {out}`"
+                )
             distributed.broadcast_buffers(model)  # rank 0's BatchNorm statistics on all ranks
             loss_sum, correct, seen = distributed.all_sum(state.epoch_sums, dev)
             row = {
-                "epoch": state.epoch + 1, "step": state.step,
+                "epoch": state.epoch + 1,
+                "step": state.step,
                 "lr": lr_at(config, state.step - 1, steps_per_epoch, total_steps),
-                "train_loss": loss_sum / max(seen, 1), "train_acc": 100.0 * correct / max(seen, 1),
+                "train_loss": loss_sum / max(seen, 1),
+                "train_acc": 100.0 * correct / max(seen, 1),
                 "epoch_seconds": state.epoch_seconds,
                 "images_per_s": seen / max(state.epoch_seconds, 1e-9),
             }
@@ -709,8 +882,10 @@ def _fit(config, bundle, out, preset, dev, resume, quiet, progress, log, dist_in
                     ema = evaluate(stepper.ema.module, test_loader, amp_dtype, len(data.classes))
                     row.update(ema_test_loss=ema["loss"], ema_test_acc=ema["accuracy"])
             state.wall_seconds += time.perf_counter() - wall
-            reached = config.target_accuracy and \
-                row.get(f"{config.target_split}_acc", -1) >= config.target_accuracy
+            reached = (
+                config.target_accuracy
+                and row.get(f"{config.target_split}_acc", -1) >= config.target_accuracy
+            )
             if reached:
                 state.target_seconds = time.perf_counter() - started
             row["wall_seconds"] = state.wall_seconds
@@ -735,13 +910,18 @@ def _fit(config, bundle, out, preset, dev, resume, quiet, progress, log, dist_in
                 save(out / "best.pt")
             if reached:
                 if not quiet:
-                    log(f"target accuracy {config.target_accuracy:g}% reached on "
+                    log(
+                        f"target accuracy {config.target_accuracy:g}% reached on "
                         f"{config.target_split} after epoch {state.epoch}, "
-                        f"{state.target_seconds:.1f}s")
+                        f"{state.target_seconds:.1f}s"
+                    )
                 break
     summary = {
-        "epochs": state.epoch, "steps": state.step, "model": meta["model_name"],
-        "preset": preset, "test_loss": state.metrics[-1].get("test_loss"),
+        "epochs": state.epoch,
+        "steps": state.step,
+        "model": meta["model_name"],
+        "preset": preset,
+        "test_loss": state.metrics[-1].get("test_loss"),
         "test_accuracy": state.metrics[-1].get("test_acc"),
         "best_val_accuracy": state.best_val if val_loader is not None else None,
         "train_seconds": sum(r["epoch_seconds"] for r in state.metrics),
@@ -753,8 +933,11 @@ def _fit(config, bundle, out, preset, dev, resume, quiet, progress, log, dist_in
     if config.time_budget:
         summary.update(time_budget=config.time_budget, planned_steps=state.planned_steps)
     if config.target_accuracy:
-        summary.update(target_accuracy=config.target_accuracy, target_split=config.target_split,
-                       target_seconds=state.target_seconds if state.target_seconds >= 0 else None)
+        summary.update(
+            target_accuracy=config.target_accuracy,
+            target_split=config.target_split,
+            target_seconds=state.target_seconds if state.target_seconds >= 0 else None,
+        )
     if main:
         summary["checkpoint"] = str(ckpt_io.checkpoint_files(out)[0])
         _write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
@@ -765,8 +948,9 @@ def _tensorboard_writer(out: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise UsageError("--tensorboard needs the tensorboard package: pip install "
-                         "'cifar-resnet[tensorboard]'") from None
+        raise UsageError(
+            "--tensorboard needs the tensorboard package: pip install 'cifar-resnet[tensorboard]'"
+        ) from None
     return SummaryWriter(str(out / "tensorboard"))
 
 
@@ -803,18 +987,22 @@ def _prepare_out_dir(out: Path) -> None:
         for stale in (out / "checkpoints").glob(".*.tmp"):
             stale.unlink(missing_ok=True)
     except OSError as e:
-        raise OutputError(f"cannot write to the output folder {out}: {e.strerror or e}; "
-                          "choose a writable --out") from None
+        raise OutputError(
+            f"cannot write to the output folder {out}: {e.strerror or e}; choose a writable --out"
+        ) from None
 
 
-def check_resume(resume: dict[str, Any], config: TrainConfig, classes: list[str],
-                 path: Path) -> None:
+def check_resume(
+    resume: dict[str, Any], config: TrainConfig, classes: list[str], path: Path
+) -> None:
     """Refuse to continue a checkpoint with another model or class list."""
     if resume["model_name"] != model_name(config):
-        raise CheckpointError(f"{path} holds a {resume['model_name']} model but the run asks for "
-                              f"{model_name(config)}; drop --model or start a new --out")
+        raise CheckpointError(
+            f"{path} holds a {resume['model_name']} model but the run asks for "
+            f"{model_name(config)}; drop --model or start a new --out"
+        )
     if list(resume["classes"]) != list(classes):
-        raise CheckpointError(f"{path} was trained on classes {resume['classes'][:5]}... but the "
-                              f"data has {classes[:5]}...; resume with the same --data")
-
-
+        raise CheckpointError(
+            f"{path} was trained on classes {resume['classes'][:5]}... but the "
+            f"data has {classes[:5]}...; resume with the same --data"
+        )

@@ -4,7 +4,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from conftest import CIFAR_JPEG, SHARED
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -14,8 +13,9 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 def test_readme_api_example_runs(tmp_path, cache_dir, capsys):
     text = README.read_text()
     block = re.search(r"## Python API\n\n```python\n(.*?)```", text, re.S).group(1)
-    code = block.replace("../shared", str(SHARED)).replace("runs/api-demo",
-                                                             str(tmp_path / "api-demo"))
+    code = block.replace("../shared", str(SHARED)).replace(
+        "runs/api-demo", str(tmp_path / "api-demo")
+    )
     exec(compile(code, "README.md", "exec"), {})
     out = capsys.readouterr().out.splitlines()
     accuracy = float(out[0].split()[0])

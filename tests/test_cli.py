@@ -7,14 +7,17 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import CIFAR_JPEG
 
 
 def run(*args, env=None, timeout=900):
-    return subprocess.run([sys.executable, "-m", "cifar_resnet", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "cifar_resnet", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def one_line_error(result, code):
@@ -55,28 +58,41 @@ def test_config_file_and_flags(tiny_folder, tmp_path, cache_dir):
     cfg = tmp_path / "c.toml"
     cfg.write_text('preset = "paper"\nsteps = 4\nlr = 0.05\n')
     out = tmp_path / "run"
-    r = run("train", "--data", tiny_folder, "--out", out, "--config", cfg, "--lr", 0.02,
-            "--batch-size", 16, "--quiet")
+    r = run(
+        "train",
+        "--data",
+        tiny_folder,
+        "--out",
+        out,
+        "--config",
+        cfg,
+        "--lr",
+        0.02,
+        "--batch-size",
+        16,
+        "--quiet",
+    )
     assert r.returncode == 0, r.stderr
     text = (out / "config.toml").read_text()
     assert 'preset = "paper"' in text and "lr = 0.02" in text and "steps = 4" in text
     assert 'model = "resnet20"' in text and "padding = 4" in text
 
 
-@pytest.mark.parametrize("args,code,match", [
-    (["--model", "resnet18"], 2, "unknown model 'resnet18'; valid models: seed"),
-    (["--preset", "turbo"], 2, "unknown preset 'turbo'; valid presets: seed, paper"),
-    (["--epochs", 0], 2, "epochs must be positive"),
-    (["--batch-size", -4], 2, "batch_size must be positive"),
-    (["--lr", 0], 2, "lr must be a positive number"),
-    (["--bogus", 1], 2, "unrecognized arguments: --bogus"),
-    (["--lr", "1e4", "--epochs", 60], 6, "the loss became non-finite at epoch"),
-])
-def test_bad_input_is_one_line_with_exit_code(tiny_folder, tmp_path, cache_dir, args, code,
-                                               match):
+@pytest.mark.parametrize(
+    "args,code,match",
+    [
+        (["--model", "resnet18"], 2, "unknown model 'resnet18'; valid models: seed"),
+        (["--preset", "turbo"], 2, "unknown preset 'turbo'; valid presets: seed, paper"),
+        (["--epochs", 0], 2, "epochs must be positive"),
+        (["--batch-size", -4], 2, "batch_size must be positive"),
+        (["--lr", 0], 2, "lr must be a positive number"),
+        (["--bogus", 1], 2, "unrecognized arguments: --bogus"),
+        (["--lr", "1e4", "--epochs", 60], 6, "the loss became non-finite at epoch"),
+    ],
+)
+def test_bad_input_is_one_line_with_exit_code(tiny_folder, tmp_path, cache_dir, args, code, match):
     out = tmp_path / "run"
-    r = run("train", "--data", tiny_folder, "--out", out, "--epochs", 1, "--batch-size", 16,
-            *args)
+    r = run("train", "--data", tiny_folder, "--out", out, "--epochs", 1, "--batch-size", 16, *args)
     assert match in one_line_error(r, code)
 
 
@@ -86,8 +102,20 @@ def test_divergence_keeps_last_good_checkpoint(tiny_folder, tmp_path, cache_dir)
     from cifar_resnet.checkpoint import latest_valid
 
     out = tmp_path / "run"
-    r = run("train", "--data", tiny_folder, "--out", out, *QUICK[:-1], "--epochs", 60,
-            "--lr", "1e4", "--keep", 60)
+    r = run(
+        "train",
+        "--data",
+        tiny_folder,
+        "--out",
+        out,
+        *QUICK[:-1],
+        "--epochs",
+        60,
+        "--lr",
+        "1e4",
+        "--keep",
+        60,
+    )
     line = one_line_error(r, 6)
     bad_epoch = int(line.split("non-finite at epoch ")[1].split(",")[0])
     _, ckpt = latest_valid(out)
@@ -117,8 +145,22 @@ def test_real_cifar10_subset_train_evaluate_resume(tmp_path, cache_dir):
     """5,000 training / 1,000 test images of the real data, the seed net, 4 epochs."""
     out = tmp_path / "run"
     common = ["--data", CIFAR_JPEG, "--limit-train", 5000, "--limit-test", 1000]
-    r = run("train", *common, "--out", out, "--epochs", 4, "--batch-size", 64, "--lr", 0.05,
-            "--schedule", "onecycle", "--device", "cpu")
+    r = run(
+        "train",
+        *common,
+        "--out",
+        out,
+        "--epochs",
+        4,
+        "--batch-size",
+        64,
+        "--lr",
+        0.05,
+        "--schedule",
+        "onecycle",
+        "--device",
+        "cpu",
+    )
     assert r.returncode == 0, r.stderr
     last = [line for line in r.stdout.splitlines() if line.startswith("[4] Test Loss:")]
     assert last, r.stdout
@@ -137,8 +179,21 @@ def test_real_cifar10_subset_train_evaluate_resume(tmp_path, cache_dir):
 
 def test_time_budget_plans_steps_and_completes_the_schedule(tiny_folder, tmp_path, cache_dir):
     out = tmp_path / "run"
-    r = run("train", "--data", tiny_folder, "--out", out, "--time-budget", "12s",
-            "--schedule", "onecycle", "--batch-size", 16, "--device", "cpu")
+    r = run(
+        "train",
+        "--data",
+        tiny_folder,
+        "--out",
+        out,
+        "--time-budget",
+        "12s",
+        "--schedule",
+        "onecycle",
+        "--batch-size",
+        16,
+        "--device",
+        "cpu",
+    )
     assert r.returncode == 0, r.stderr
     assert "time budget 12s:" in r.stdout and "steps planned" in r.stdout
     summary = json.loads((out / "summary.json").read_text())
@@ -155,15 +210,33 @@ def test_budget_schedule_shrinks_decays_in_proportion():
 
     c = budget_schedule(TrainConfig(epochs=300, lr_step=50), planned=30 * 10, spe=10)
     assert (c.steps, c.lr_step) == (300, 5)
-    c = budget_schedule(TrainConfig(steps=64000, schedule="multistep",
-                                    lr_milestones=[32000, 48000]), planned=6400, spe=391)
+    c = budget_schedule(
+        TrainConfig(steps=64000, schedule="multistep", lr_milestones=[32000, 48000]),
+        planned=6400,
+        spe=391,
+    )
     assert c.lr_milestones == [3200, 4800]
 
 
 def test_target_accuracy_stops_early(tiny_folder, tmp_path, cache_dir):
     out = tmp_path / "run"
-    r = run("train", "--data", tiny_folder, "--out", out, "--epochs", 40, "--batch-size", 16,
-            "--target-accuracy", 90, "--target-split", "test", "--device", "cpu")
+    r = run(
+        "train",
+        "--data",
+        tiny_folder,
+        "--out",
+        out,
+        "--epochs",
+        40,
+        "--batch-size",
+        16,
+        "--target-accuracy",
+        90,
+        "--target-split",
+        "test",
+        "--device",
+        "cpu",
+    )
     assert r.returncode == 0, r.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["test_accuracy"] >= 90 and summary["epochs"] < 40
@@ -172,11 +245,22 @@ def test_target_accuracy_stops_early(tiny_folder, tmp_path, cache_dir):
     assert "add --val-split N" in one_line_error(r, 2)
 
 
-def test_batch_larger_than_the_dataset_trains_one_batch_per_epoch(tiny_folder, tmp_path,
-                                                                   cache_dir):
+def test_batch_larger_than_the_dataset_trains_one_batch_per_epoch(tiny_folder, tmp_path, cache_dir):
     out = tmp_path / "run"
-    r = run("train", "--data", tiny_folder, "--out", out, "--epochs", 2, "--batch-size", 1000,
-            "--device", "cpu", "--quiet")
+    r = run(
+        "train",
+        "--data",
+        tiny_folder,
+        "--out",
+        out,
+        "--epochs",
+        2,
+        "--batch-size",
+        1000,
+        "--device",
+        "cpu",
+        "--quiet",
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout.strip().splitlines()[-1])["steps"] == 2
 
@@ -196,18 +280,34 @@ def test_resume_with_another_class_list_is_refused(tiny_folder, tmp_path, cache_
     assert "was trained on classes" in one_line_error(r, 4)
 
 
-def test_second_sigint_exits_at_once_and_leaves_checkpoints_valid(tiny_folder, tmp_path,
-                                                                  cache_dir):
+def test_second_sigint_exits_at_once_and_leaves_checkpoints_valid(tiny_folder, tmp_path, cache_dir):
     import signal
     import time
 
     from cifar_resnet.checkpoint import checkpoint_files, load_checkpoint
 
     out = tmp_path / "run"
-    args = ["train", "--data", tiny_folder, "--out", out, "--epochs", 500, "--batch-size", 4,
-            "--save-every-steps", 1, "--device", "cpu"]
-    proc = subprocess.Popen([sys.executable, "-m", "cifar_resnet", *map(str, args)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    args = [
+        "train",
+        "--data",
+        tiny_folder,
+        "--out",
+        out,
+        "--epochs",
+        500,
+        "--batch-size",
+        4,
+        "--save-every-steps",
+        1,
+        "--device",
+        "cpu",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cifar_resnet", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     for line in proc.stdout:
         if line.startswith("[1]"):
             break
@@ -224,8 +324,22 @@ def test_ema_tensorboard_report_predict_export(tiny_folder, tmp_path, cache_dir)
     from cifar_resnet.checkpoint import latest_valid
 
     out = tmp_path / "run"
-    r = run("train", "--data", tiny_folder, "--out", out, "--epochs", 2, "--batch-size", 16,
-            "--ema", 0.9, "--tensorboard", "--device", "cpu")
+    r = run(
+        "train",
+        "--data",
+        tiny_folder,
+        "--out",
+        out,
+        "--epochs",
+        2,
+        "--batch-size",
+        16,
+        "--ema",
+        0.9,
+        "--tensorboard",
+        "--device",
+        "cpu",
+    )
     assert r.returncode == 0, r.stderr
     last = rows(out)[-1]
     assert last["ema_test_acc"] != ""

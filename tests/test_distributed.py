@@ -42,10 +42,27 @@ STEPS_PER_EPOCH = -(-CLASSES * N_TRAIN // 128)
 # tolerances below still catch unsynchronised BatchNorm or a wrong data order.
 SYNC_BN_ATOL = {1: 5e-3, 2: 5e-2}
 
-RECIPE = dict(epochs=2, batch_size=128, lr=0.02, precision="fp32", sync_bn=True, deterministic=True,
-              eval_batch_size=16, seed=3, keep=5)
-RANK_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK",
-            "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
+RECIPE = dict(
+    epochs=2,
+    batch_size=128,
+    lr=0.02,
+    precision="fp32",
+    sync_bn=True,
+    deterministic=True,
+    eval_batch_size=16,
+    seed=3,
+    keep=5,
+)
+RANK_ENV = (
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "TORCHELASTIC_RUN_ID",
+)
 
 
 def free_port() -> int:
@@ -58,9 +75,14 @@ def _rank_env(rank: int, world: int, port: int) -> None:
     for name in RANK_ENV:
         os.environ.pop(name, None)
     if world > 1:
-        os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
-                          LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(port))
+        os.environ.update(
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            WORLD_SIZE=str(world),
+            LOCAL_WORLD_SIZE=str(world),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+        )
 
 
 def _worker(rank: int, world: int, port: int, job: dict) -> None:
@@ -76,8 +98,16 @@ def _worker(rank: int, world: int, port: int, job: dict) -> None:
         resume = None
         if job.get("resume"):
             resume = latest_valid(job["out"])[1]
-        result = fit(TrainConfig(**job["config"]).validate(), bundle, job["out"], device="cpu",
-                     quiet=True, resume=resume, dist_backend="gloo", dist_timeout=60)
+        result = fit(
+            TrainConfig(**job["config"]).validate(),
+            bundle,
+            job["out"],
+            device="cpu",
+            quiet=True,
+            resume=resume,
+            dist_backend="gloo",
+            dist_timeout=60,
+        )
     Path(job["results"], f"rank{rank}.json").write_text(json.dumps(result))
 
 
@@ -90,8 +120,16 @@ def _evaluate_sharded(checkpoint: str, bundle, rank: int, world: int) -> dict:
     distributed.setup(torch.device("cpu"), "gloo", 60)
     try:
         ckpt = load_checkpoint(checkpoint)
-        loader = DeviceLoader(bundle.test.images, bundle.test.labels, 16, train=False,
-                              mean=ckpt["mean"], std=ckpt["std"], rank=rank, world_size=world)
+        loader = DeviceLoader(
+            bundle.test.images,
+            bundle.test.labels,
+            16,
+            train=False,
+            mean=ckpt["mean"],
+            std=ckpt["std"],
+            rank=rank,
+            world_size=world,
+        )
         shard = len(loader._eval_shard())
         result = evaluate(load_model(ckpt), loader, None, len(ckpt["classes"]))
         return {**result, "shard": shard}
@@ -102,14 +140,23 @@ def _evaluate_sharded(checkpoint: str, bundle, rank: int, world: int) -> dict:
 def spawn(world: int, job: dict, results: Path) -> list[dict]:
     """Run ``job`` on ``world`` processes; every rank's result, by rank."""
     results.mkdir(parents=True)
-    mp.spawn(_worker, args=(world, free_port(), {**job, "results": str(results)}),
-             nprocs=world, join=True)
+    mp.spawn(
+        _worker,
+        args=(world, free_port(), {**job, "results": str(results)}),
+        nprocs=world,
+        join=True,
+    )
     return [json.loads((results / f"rank{r}.json").read_text()) for r in range(world)]
 
 
 def train(world: int, out: Path, bundle, resume: bool = False, **overrides) -> list[dict]:
-    job = {"mode": "fit", "config": {**RECIPE, **overrides}, "bundle": bundle, "out": str(out),
-           "resume": resume}
+    job = {
+        "mode": "fit",
+        "config": {**RECIPE, **overrides},
+        "bundle": bundle,
+        "out": str(out),
+        "resume": resume,
+    }
     return spawn(world, job, out.parent / f"{out.name}-results-{time.monotonic_ns()}")
 
 
@@ -133,9 +180,22 @@ def cli(*args):
 
 def torchrun(nproc: int, *args):
     port = free_port()
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-            "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
-            "--max-restarts", "0", "-m", "cifar_resnet", *map(str, args)]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        str(nproc),
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        f"127.0.0.1:{port}",
+        "--max-restarts",
+        "0",
+        "-m",
+        "cifar_resnet",
+        *map(str, args),
+    ]
 
 
 def clean_env() -> dict:
@@ -205,8 +265,9 @@ def test_sync_bn_two_by_64_matches_one_by_128(runs):
     assert two[0]["steps"] == one[0]["steps"] == 2 * STEPS_PER_EPOCH
     for epoch in (1, 2):
         name = f"e{epoch:04d}-s{epoch * STEPS_PER_EPOCH:07d}.pt"
-        diff = max_diff(weights(two_dir / "checkpoints" / name),
-                        weights(one_dir / "checkpoints" / name))
+        diff = max_diff(
+            weights(two_dir / "checkpoints" / name), weights(one_dir / "checkpoints" / name)
+        )
         print(f"SyncBN 2x64 vs 1x128 after epoch {epoch}: max abs difference {diff:.3g}")
         assert diff <= SYNC_BN_ATOL[epoch]
     # The recorded losses agree as closely; the metrics describe the same training.
@@ -218,9 +279,23 @@ def test_sync_bn_two_by_64_matches_one_by_128(runs):
 def test_distributed_evaluation_equals_single_process_evaluation(runs, folder, bundle, tmp_path):
     run_dir, summaries = runs["two"]
     newest = checkpoint_files(run_dir)[0]
-    r = subprocess.run(cli("evaluate", newest, "--data", folder, "--device", "cpu", "--json",
-                           "--eval-batch-size", 1000),
-                       capture_output=True, text=True, timeout=120, env=clean_env())
+    r = subprocess.run(
+        cli(
+            "evaluate",
+            newest,
+            "--data",
+            folder,
+            "--device",
+            "cpu",
+            "--json",
+            "--eval-batch-size",
+            1000,
+        ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=clean_env(),
+    )
     assert r.returncode == 0, r.stderr
     single = json.loads(r.stdout)
     assert single["count"] == CLASSES * N_TEST
@@ -229,8 +304,9 @@ def test_distributed_evaluation_equals_single_process_evaluation(runs, folder, b
     assert float(metrics(run_dir)[-1]["test_acc"]) == single["accuracy"]
     assert summaries[0]["test_loss"] == pytest.approx(single["loss"], rel=1e-5)
     # ... and a 2-rank evaluation of the same checkpoint: every image counted exactly once.
-    ranks = spawn(2, {"mode": "evaluate", "checkpoint": str(newest), "bundle": bundle},
-                  tmp_path / "eval")
+    ranks = spawn(
+        2, {"mode": "evaluate", "checkpoint": str(newest), "bundle": bundle}, tmp_path / "eval"
+    )
     assert [r["shard"] for r in ranks] == [38, 37]
     for result in ranks:
         assert result["count"] == single["count"]
@@ -298,12 +374,36 @@ def _rank_of(pid: int) -> int | None:
 
 def test_killed_rank_fails_the_job_and_resume_auto_continues(folder, tmp_path):
     out = tmp_path / "run"
-    args = ["train", "--data", folder, "--out", out, "--epochs", 4, "--batch-size", 16,
-            "--lr", 0.02, "--device", "cpu", "--dist-backend", "gloo", "--dist-timeout", 30,
-            "--resume", "auto", "--quiet"]
+    args = [
+        "train",
+        "--data",
+        folder,
+        "--out",
+        out,
+        "--epochs",
+        4,
+        "--batch-size",
+        16,
+        "--lr",
+        0.02,
+        "--device",
+        "cpu",
+        "--dist-backend",
+        "gloo",
+        "--dist-timeout",
+        30,
+        "--resume",
+        "auto",
+        "--quiet",
+    ]
     log = (tmp_path / "torchrun.log").open("w+")
-    job = subprocess.Popen(torchrun(2, *args), stdout=log, stderr=subprocess.STDOUT,
-                           env=clean_env(), start_new_session=True)
+    job = subprocess.Popen(
+        torchrun(2, *args),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=clean_env(),
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while not list((out / "checkpoints").glob("e0001-*.pt")):
@@ -329,8 +429,9 @@ def test_killed_rank_fails_the_job_and_resume_auto_continues(folder, tmp_path):
     done_before = len(metrics(out))
     assert 1 <= done_before < 4, text
     # Restart the same command (--resume auto): it continues from the newest checkpoint.
-    r = subprocess.run(torchrun(2, *args), capture_output=True, text=True, timeout=180,
-                       env=clean_env())
+    r = subprocess.run(
+        torchrun(2, *args), capture_output=True, text=True, timeout=180, env=clean_env()
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["epochs"] == 4

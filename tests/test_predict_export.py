@@ -47,8 +47,17 @@ def make_subset(root: Path) -> Path:
 
 def train_tiny_run(tmp: Path, cache_dir: Path, epochs: int = 1) -> tuple[Path, Path]:
     data = make_subset(tmp / "data")
-    _, config = resolve_config(None, None, {"model": "seed", "epochs": epochs, "batch_size": 64,
-                                            "precision": "fp32", "compile": "off"})
+    _, config = resolve_config(
+        None,
+        None,
+        {
+            "model": "seed",
+            "epochs": epochs,
+            "batch_size": 64,
+            "precision": "fp32",
+            "compile": "off",
+        },
+    )
     bundle = load_data(str(data), cache_dir=str(cache_dir), progress=False)
     fit(config, bundle, tmp / "run", device="cpu", quiet=True, progress=False)
     return tmp / "run", data
@@ -86,7 +95,8 @@ def test_predict_agrees_with_evaluation(trained, capsys):
     for r in results:
         assert len(r["top_k"]) == 3 and r["top_k"][0]["class"] == r["class"]
         assert [t["probability"] for t in r["top_k"]] == sorted(
-            (t["probability"] for t in r["top_k"]), reverse=True)
+            (t["probability"] for t in r["top_k"]), reverse=True
+        )
         confusion[classes.index(Path(r["path"]).parent.name), classes.index(r["class"])] += 1
     args = argparse.Namespace(data=str(data), data_dir=None, cache_dir=str(cache))
     evaluated = evaluate_checkpoint(ckpt, args, {}, device="cpu")
@@ -111,8 +121,10 @@ def test_predict_any_size_and_mode_skips_bad_files(trained, tmp_path, capsys):
 
     assert cli(predict, "predict", run, tmp_path / "imgs", missing, "--tta") == 0
     out, err = capsys.readouterr()
-    assert sorted(Path(line.split(":")[0]).name for line in out.splitlines()) == \
-        ["big.png", "gray.png"]
+    assert sorted(Path(line.split(":")[0]).name for line in out.splitlines()) == [
+        "big.png",
+        "gray.png",
+    ]
     assert len(err.splitlines()) == 2
     assert "broken.jpg" in err and "missing.png" in err and "notes.txt" not in err
 
@@ -125,14 +137,18 @@ def test_predict_any_size_and_mode_skips_bad_files(trained, tmp_path, capsys):
 def test_onnx_export_matches_pytorch_and_predicts_the_same(trained, tmp_path, capsys):
     import onnx  # noqa: F401
     import onnxruntime as ort
+
     run, data, cache = trained
     out = tmp_path / "model.onnx"
     result = export_model(run, "onnx", out, data=str(data), cache_dir=str(cache))
     check = result["check"]
     assert check["images"] == 100 and "test images" in check["on"]
     assert check["max_abs_diff"] < 1e-4 and check["predictions_equal"]
-    meta = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]) \
-        .get_modelmeta().custom_metadata_map
+    meta = (
+        ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        .get_modelmeta()
+        .custom_metadata_map
+    )
     _, ckpt = resolve_checkpoint(run)
     assert json.loads(meta["classes"]) == ckpt["classes"]
     assert json.loads(meta["mean"]) == list(ckpt["mean"]) and meta["model_name"] == "seed"
@@ -142,8 +158,9 @@ def test_onnx_export_matches_pytorch_and_predicts_the_same(trained, tmp_path, ca
 
     images = [data / "test"]
     assert top1(predict_images(out, images)) == top1(predict_images(run, images))
-    assert top1(predict_images(out, images, tta=True)) == \
-        top1(predict_images(run, images, tta=True))
+    assert top1(predict_images(out, images, tta=True)) == top1(
+        predict_images(run, images, tta=True)
+    )
 
     assert cli(export, "export", run, "--format", "onnx", "--out", tmp_path / "b.onnx") == 0
     printed = capsys.readouterr().out
@@ -171,6 +188,7 @@ def test_torchscript_and_safetensors_round_trip(trained, tmp_path):
     assert top1(predict_images(ts, images)) == expected
 
     import safetensors.torch as safetensors
+
     st = tmp_path / "model.safetensors"
     export_model(ckpt, "safetensors", st)
     state = safetensors.load_file(str(st))
@@ -183,8 +201,7 @@ def test_torchscript_and_safetensors_round_trip(trained, tmp_path):
     assert top1(predict_images(st, images)) == expected
 
 
-def test_missing_package_and_bad_target_are_one_line_errors(trained, tmp_path, monkeypatch,
-                                                            capsys):
+def test_missing_package_and_bad_target_are_one_line_errors(trained, tmp_path, monkeypatch, capsys):
     run, _, _ = trained
     monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx now raises ImportError
     assert cli(export, "export", run, "--format", "onnx", "--out", tmp_path / "m.onnx") == 2
@@ -192,8 +209,9 @@ def test_missing_package_and_bad_target_are_one_line_errors(trained, tmp_path, m
     assert err.count("\n") == 1 and "pip install 'cifar-resnet[export]'" in err
     assert not (tmp_path / "m.onnx").exists()
 
-    assert cli(export, "export", tmp_path, "--format", "torchscript", "--out",
-               tmp_path / "m.pt") == 4  # no checkpoint in the folder
+    assert (
+        cli(export, "export", tmp_path, "--format", "torchscript", "--out", tmp_path / "m.pt") == 4
+    )  # no checkpoint in the folder
     assert capsys.readouterr().err.count("\n") == 1
     assert cli(predict, "predict", tmp_path / "nothing.pt", tmp_path) == 4
     assert capsys.readouterr().err.splitlines()[-1].startswith("error: checkpoint")

@@ -22,8 +22,7 @@ from cifar_resnet.config import (
 from cifar_resnet.data import decode_image
 from cifar_resnet.errors import DataError, UsageError
 
-SETTINGS = settings(max_examples=150, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]
 
 # ----------------------------------------------------------------------------- config
@@ -35,18 +34,44 @@ scalars = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
     st.floats(-2.0, 200.0),
     st.text(max_size=12),
-    st.sampled_from(["step", "multistep", "cosine", "onecycle", "constant", "auto", "on", "off",
-                     "fp32", "bf16", "half", "dataset", "A", "B", "", "val", "test", "seed",
-                     "resnet20", "paper"]),
+    st.sampled_from(
+        [
+            "step",
+            "multistep",
+            "cosine",
+            "onecycle",
+            "constant",
+            "auto",
+            "on",
+            "off",
+            "fp32",
+            "bf16",
+            "half",
+            "dataset",
+            "A",
+            "B",
+            "",
+            "val",
+            "test",
+            "seed",
+            "resnet20",
+            "paper",
+        ]
+    ),
     st.booleans(),
     st.none(),
 )
-values = st.one_of(scalars, st.lists(scalars, max_size=4),
-                   st.lists(st.integers(0, 10**6), min_size=1, max_size=3),
-                   st.dictionaries(st.text(max_size=4), scalars, max_size=2))
-keys = st.one_of(st.sampled_from(FIELDS + ["preset"]),
-                 st.sampled_from([f.replace("_", "-") for f in FIELDS]),
-                 st.text(max_size=10))
+values = st.one_of(
+    scalars,
+    st.lists(scalars, max_size=4),
+    st.lists(st.integers(0, 10**6), min_size=1, max_size=3),
+    st.dictionaries(st.text(max_size=4), scalars, max_size=2),
+)
+keys = st.one_of(
+    st.sampled_from(FIELDS + ["preset"]),
+    st.sampled_from([f.replace("_", "-") for f in FIELDS]),
+    st.text(max_size=10),
+)
 overrides = st.dictionaries(keys, values, max_size=6)
 
 
@@ -67,22 +92,38 @@ def check_config(preset, file_values, flag_values):
 
 
 @SETTINGS
-@given(preset=st.one_of(st.none(), st.sampled_from(list(PRESETS)), st.text(max_size=8)),
-       file_values=st.one_of(st.none(), overrides), flag_values=st.one_of(st.none(), overrides))
+@given(
+    preset=st.one_of(st.none(), st.sampled_from(list(PRESETS)), st.text(max_size=8)),
+    file_values=st.one_of(st.none(), overrides),
+    flag_values=st.one_of(st.none(), overrides),
+)
 def test_resolve_config_returns_a_valid_config_or_usage_error(preset, file_values, flag_values):
     check_config(preset, file_values, flag_values)
 
 
 @SETTINGS
-@given(flag_values=st.fixed_dictionaries({}, optional={
-    "epochs": st.integers(1, 500), "lr": st.floats(1e-6, 10.0), "momentum": st.floats(0, 1),
-    "batch_size": st.integers(1, 4096), "schedule": st.sampled_from(["step", "cosine"]),
-    "label_smoothing": st.floats(0, 0.99), "lr_milestones": st.lists(st.integers(1, 10**6)),
-    "nesterov": st.booleans(), "time_budget": st.floats(0, 1e6), "seed": st.integers(0, 2**62),
-    "model": st.sampled_from(["seed", "resnet20", "resnet56b"]),
-}), preset=st.sampled_from(list(PRESETS)))
-def test_valid_configs_round_trip_through_the_run_folders_toml(tmp_path_factory, flag_values,
-                                                                preset):
+@given(
+    flag_values=st.fixed_dictionaries(
+        {},
+        optional={
+            "epochs": st.integers(1, 500),
+            "lr": st.floats(1e-6, 10.0),
+            "momentum": st.floats(0, 1),
+            "batch_size": st.integers(1, 4096),
+            "schedule": st.sampled_from(["step", "cosine"]),
+            "label_smoothing": st.floats(0, 0.99),
+            "lr_milestones": st.lists(st.integers(1, 10**6)),
+            "nesterov": st.booleans(),
+            "time_budget": st.floats(0, 1e6),
+            "seed": st.integers(0, 2**62),
+            "model": st.sampled_from(["seed", "resnet20", "resnet56b"]),
+        },
+    ),
+    preset=st.sampled_from(list(PRESETS)),
+)
+def test_valid_configs_round_trip_through_the_run_folders_toml(
+    tmp_path_factory, flag_values, preset
+):
     resolved = check_config(preset, None, flag_values)
     if resolved is None:
         return
@@ -93,12 +134,37 @@ def test_valid_configs_round_trip_through_the_run_folders_toml(tmp_path_factory,
 
 toml_text = st.one_of(
     st.text(max_size=200),
-    st.lists(st.tuples(keys, st.sampled_from(["=", " = ", ":", "= [", "= '", '= "', "=="]),
-                       st.text(max_size=12)), max_size=6)
-    .map(lambda kvs: "\n".join(f"{k}{op}{v}" for k, op, v in kvs)),
-    st.builds(lambda k, v: f"{k} = {v}\n", st.sampled_from(FIELDS),
-              st.sampled_from(["1", "-1", "0.5", "nan", "inf", "-inf", "true", '"x"', "[1, 2]",
-                               "[]", "{a = 1}", "1979-05-27", "1e999", "0x10", "9" * 30])),
+    st.lists(
+        st.tuples(
+            keys,
+            st.sampled_from(["=", " = ", ":", "= [", "= '", '= "', "=="]),
+            st.text(max_size=12),
+        ),
+        max_size=6,
+    ).map(lambda kvs: "\n".join(f"{k}{op}{v}" for k, op, v in kvs)),
+    st.builds(
+        lambda k, v: f"{k} = {v}\n",
+        st.sampled_from(FIELDS),
+        st.sampled_from(
+            [
+                "1",
+                "-1",
+                "0.5",
+                "nan",
+                "inf",
+                "-inf",
+                "true",
+                '"x"',
+                "[1, 2]",
+                "[]",
+                "{a = 1}",
+                "1979-05-27",
+                "1e999",
+                "0x10",
+                "9" * 30,
+            ]
+        ),
+    ),
 )
 
 
@@ -127,9 +193,12 @@ def test_load_toml_missing_file_is_usage_error(tmp_path):
 # ----------------------------------------------------------------------------- images
 
 # (format, mode) pairs Pillow writes.
-FORMAT_MODES = [("PNG", m) for m in ("L", "P", "RGB", "RGBA", "I;16", "LA", "1")] + \
-    [("JPEG", m) for m in ("L", "RGB", "CMYK")] + \
-    [("GIF", m) for m in ("L", "P")] + [("BMP", m) for m in ("L", "P", "RGB", "1")]
+FORMAT_MODES = (
+    [("PNG", m) for m in ("L", "P", "RGB", "RGBA", "I;16", "LA", "1")]
+    + [("JPEG", m) for m in ("L", "RGB", "CMYK")]
+    + [("GIF", m) for m in ("L", "P")]
+    + [("BMP", m) for m in ("L", "P", "RGB", "1")]
+)
 
 
 @st.composite
@@ -187,8 +256,12 @@ def test_decode_valid_images_of_every_mode(image, image_size):
 
 
 @SETTINGS
-@given(image=image_bytes(), image_size=sizes, cut=st.floats(0, 1),
-       flips=st.lists(st.tuples(st.floats(0, 1), st.integers(1, 255)), max_size=4))
+@given(
+    image=image_bytes(),
+    image_size=sizes,
+    cut=st.floats(0, 1),
+    flips=st.lists(st.tuples(st.floats(0, 1), st.integers(1, 255)), max_size=4),
+)
 def test_decode_truncated_or_corrupted_images(image, image_size, cut, flips):
     _, _, size, data = image
     data = bytearray(data[: int(len(data) * cut)] if not flips else data)

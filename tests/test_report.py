@@ -4,6 +4,7 @@ import argparse
 import re
 import sys
 
+import matplotlib  # noqa: E402,F401 - a test dependency
 import pytest
 from PIL import Image
 from test_predict_export import train_tiny_run
@@ -11,8 +12,6 @@ from test_predict_export import train_tiny_run
 from cifar_resnet import report
 from cifar_resnet.errors import CifarResnetError, UsageError
 from cifar_resnet.report import DPI, write_report
-
-import matplotlib  # noqa: E402,F401 - a test dependency
 
 
 def pixels(size: tuple[float, float]) -> tuple[int, int]:

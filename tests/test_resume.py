@@ -25,8 +25,17 @@ from cifar_resnet.checkpoint import checkpoint_files, load_checkpoint
 from cifar_resnet.errors import EXIT_CHECKPOINT, EXIT_INTERRUPTED
 
 EPOCHS, STEPS_PER_EPOCH = 4, 15  # 3 classes x 40 training images at --batch-size 8
-TRAIN = ["--deterministic", "--save-every-steps", 1, "--epochs", EPOCHS, "--batch-size", 8,
-         "--device", "cpu"]
+TRAIN = [
+    "--deterministic",
+    "--save-every-steps",
+    1,
+    "--epochs",
+    EPOCHS,
+    "--batch-size",
+    8,
+    "--device",
+    "cpu",
+]
 TIMING = {"epoch_seconds", "images_per_s", "wall_seconds"}
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
@@ -132,8 +141,7 @@ def wait_for_writes(p, out, count, started):
         time.sleep(0.001)
 
 
-def test_sigkill_at_random_moments_then_resume_auto_is_bitwise_equal(data3, reference,
-                                                                     tmp_path):
+def test_sigkill_at_random_moments_then_resume_auto_is_bitwise_equal(data3, reference, tmp_path):
     ref_dir, _ = reference
     rng = random.Random(20240611)
     out = tmp_path / "run"
@@ -142,8 +150,9 @@ def test_sigkill_at_random_moments_then_resume_auto_is_bitwise_equal(data3, refe
     log = []  # (mode, newest checkpoint after the kill, temp file left by the kill)
     for mode in KILLS:
         before = newest_name(out)
-        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env=ENV)
+        p = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV
+        )
         started = time.monotonic()
         if mode == "launch":
             time.sleep(rng.uniform(1.0, 5.0))
@@ -173,16 +182,22 @@ def test_sigkill_at_random_moments_then_resume_auto_is_bitwise_equal(data3, refe
 def test_signal_saves_exits_130_and_resume_is_bitwise_equal(data3, reference, tmp_path, sig):
     ref_dir, _ = reference
     out = tmp_path / "run"
-    p = subprocess.Popen(cli("train", "--data", data3, "--out", out, *TRAIN),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    p = subprocess.Popen(
+        cli("train", "--data", data3, "--out", out, *TRAIN),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
     for line in p.stdout:
         if line.startswith("[1] "):
             break
     p.send_signal(sig)
     stdout, stderr = p.communicate(timeout=120)
     assert p.returncode == EXIT_INTERRUPTED, (stdout, stderr)
-    line = one_line_error(subprocess.CompletedProcess([], p.returncode, stdout, stderr),
-                          EXIT_INTERRUPTED)
+    line = one_line_error(
+        subprocess.CompletedProcess([], p.returncode, stdout, stderr), EXIT_INTERRUPTED
+    )
     assert f"stopped by signal {int(sig)}" in line
     assert f"continue with `cifar-resnet train --resume {out}`" in line
     saved = load_checkpoint(checkpoint_files(out)[0])
@@ -222,8 +237,9 @@ def cli_main(capsys, *args):
     return subprocess.CompletedProcess(args, code, captured.out, captured.err)
 
 
-def test_corrupt_checkpoints_are_one_line_errors_naming_the_file(data3, reference, tmp_path,
-                                                                 capsys):
+def test_corrupt_checkpoints_are_one_line_errors_naming_the_file(
+    data3, reference, tmp_path, capsys
+):
     ref_dir, _ = reference
     good = checkpoint_files(ref_dir)[0].read_bytes()
     truncated = tmp_path / "truncated.pt"

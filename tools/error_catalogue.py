@@ -28,14 +28,16 @@ def folder(root: Path, size=(8, 8), n=4, classes=("a", "b")) -> Path:
 
 def cifar_archive(path: Path, labels_max=9) -> Path:
     def batch(n, top):
-        return pickle.dumps({b"data": np.zeros((n, 3072), np.uint8),
-                             b"labels": [top] + [0] * (n - 1)}, protocol=4)
+        return pickle.dumps(
+            {b"data": np.zeros((n, 3072), np.uint8), b"labels": [top] + [0] * (n - 1)}, protocol=4
+        )
 
     with tarfile.open(path, "w:gz") as tar:
         members = {f"data_batch_{i}": batch(4, 0) for i in range(1, 6)}
         members["test_batch"] = batch(4, labels_max)
-        members["batches.meta"] = pickle.dumps({b"label_names": [f"c{i}".encode()
-                                                                 for i in range(10)]})
+        members["batches.meta"] = pickle.dumps(
+            {b"label_names": [f"c{i}".encode() for i in range(10)]}
+        )
         for name, data in members.items():
             info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
             info.size = len(data)
@@ -67,21 +69,27 @@ def main() -> None:
     trunc = folder(tmp / "trunc")
     buf = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), np.uint8)).save(
-        buf, "JPEG")
+        buf, "JPEG"
+    )
     (trunc / "train" / "a" / "cut.jpg").write_bytes(buf.getvalue()[:300])
     case("a truncated JPEG", "train", "--data", trunc, "--out", tmp / "r", *quick)
     mixed = folder(tmp / "mixed")
     Image.new("RGB", (12, 12)).save(mixed / "train" / "a" / "big.png")
-    case("mixed sizes without --image-size", "train", "--data", mixed, "--out", tmp / "r",
-         *quick)
+    case("mixed sizes without --image-size", "train", "--data", mixed, "--out", tmp / "r", *quick)
     modes = folder(tmp / "modes")
     Image.new("I;16", (8, 8), 40000).save(modes / "train" / "a" / "deep.png")
     Image.new("CMYK", (8, 8), (0, 50, 100, 0)).save(modes / "train" / "b" / "print.jpg")
-    case("16-bit and CMYK images (converted by the documented rule)", "train", "--data", modes,
-         "--out", tmp / "r16", *quick)
+    case(
+        "16-bit and CMYK images (converted by the documented rule)",
+        "train",
+        "--data",
+        modes,
+        "--out",
+        tmp / "r16",
+        *quick,
+    )
     arch = cifar_archive(tmp / "cifar-10-python.tar.gz")
-    case("official archive with a wrong md5", "train", "--data", arch, "--out", tmp / "r",
-         *quick)
+    case("official archive with a wrong md5", "train", "--data", arch, "--out", tmp / "r", *quick)
     arch2 = tmp / "mine" / "cifar10-small.tar.gz"
     arch2.parent.mkdir()
     cifar_archive(arch2, labels_max=12)
@@ -90,21 +98,56 @@ def main() -> None:
     case("unknown preset", "train", "--data", good, "--out", tmp / "r", "--preset", "turbo")
     case("unknown option", "train", "--data", good, "--out", tmp / "r", "--lr-decay", "3")
     case("zero epochs", "train", "--data", good, "--out", tmp / "r", "--epochs", "0")
-    case("negative batch size", "train", "--data", good, "--out", tmp / "r", "--batch-size",
-         "-8")
+    case("negative batch size", "train", "--data", good, "--out", tmp / "r", "--batch-size", "-8")
     case("zero learning rate", "train", "--data", good, "--out", tmp / "r", "--lr", "0")
-    case("batch size larger than the dataset (one batch per epoch)", "train", "--data", good,
-         "--out", tmp / "rbig", "--epochs", "1", "--batch-size", "4096", "--quiet")
+    case(
+        "batch size larger than the dataset (one batch per epoch)",
+        "train",
+        "--data",
+        good,
+        "--out",
+        tmp / "rbig",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4096",
+        "--quiet",
+    )
     blocker = tmp / "file"
     blocker.write_text("")
     case("output folder not writable", "train", "--data", good, "--out", blocker / "r", *quick)
-    case("diverging loss (--lr 1e4)", "train", "--data", good, "--out", tmp / "rdiv",
-         "--epochs", "80", "--batch-size", "4", "--lr", "1e4", "--device", "cpu")
+    case(
+        "diverging loss (--lr 1e4)",
+        "train",
+        "--data",
+        good,
+        "--out",
+        tmp / "rdiv",
+        "--epochs",
+        "80",
+        "--batch-size",
+        "4",
+        "--lr",
+        "1e4",
+        "--device",
+        "cpu",
+    )
     run = tmp / "run"
-    subprocess.run([sys.executable, "-m", "cifar_resnet", "train", "--data", good, "--out",
-                    run, *quick], check=True, capture_output=True)
-    case("resuming with a different model", "train", "--resume", run, "--data", good,
-         "--model", "resnet20")
+    subprocess.run(
+        [sys.executable, "-m", "cifar_resnet", "train", "--data", good, "--out", run, *quick],
+        check=True,
+        capture_output=True,
+    )
+    case(
+        "resuming with a different model",
+        "train",
+        "--resume",
+        run,
+        "--data",
+        good,
+        "--model",
+        "resnet20",
+    )
     other = folder(tmp / "other", classes=("x", "y"))
     case("resuming with a different class list", "train", "--resume", run, "--data", other)
     ckpt = sorted((run / "checkpoints").iterdir())[-1]
@@ -114,8 +157,9 @@ def main() -> None:
 
     print("| bad input | exit | message |\n|---|---|---|")
     for what, args in cases:
-        r = subprocess.run([sys.executable, "-m", "cifar_resnet", *args], capture_output=True,
-                           text=True)
+        r = subprocess.run(
+            [sys.executable, "-m", "cifar_resnet", *args], capture_output=True, text=True
+        )
         msg = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "(runs)"
         msg = msg.replace(str(tmp), "…").replace("|", "\\|")
         print(f"| {what} | {r.returncode} | `{msg}` |", flush=True)
