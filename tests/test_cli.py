@@ -361,3 +361,12 @@ def test_ema_tensorboard_report_predict_export(tiny_folder, tmp_path, cache_dir)
     assert r.returncode == 0, r.stderr
     r2 = run("predict", exported, image, "--json")
     assert json.loads(r2.stdout.splitlines()[0])["class"] == first["class"]
+
+
+def test_tensorboard_missing_is_a_one_line_install_hint(tmp_path, monkeypatch):
+    from cifar_resnet.errors import UsageError
+    from cifar_resnet.train import _tensorboard_writer
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if not installed
+    with pytest.raises(UsageError, match=r"pip install 'cifar-resnet\[tensorboard\]'"):
+        _tensorboard_writer(tmp_path)
