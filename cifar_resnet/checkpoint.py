@@ -66,6 +66,24 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> None:
         raise
 
 
+def write_file_atomic(path: str | os.PathLike, write) -> Path:
+    """``write(tmp_path)`` into a temporary file beside ``path``, then ``os.replace``: readers
+    see the old file or the new one, never half of one. OSError becomes a one-line
+    OutputError and no temporary file is left behind."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        why = "the disk is full" if e.errno == errno.ENOSPC else e.strerror or str(e)
+        raise OutputError(
+            f"cannot write {path}: {why}; check the folder's permissions and free space"
+        ) from None
+    return path
+
+
 def _fsync_dir(folder: Path) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)

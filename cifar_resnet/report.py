@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import OutputError, UsageError
+from .checkpoint import write_file_atomic
+from .errors import UsageError
 from .predict import require
 
 DPI = 100
@@ -57,31 +58,11 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _save(fig, path: Path) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        fig.savefig(tmp, format="png", dpi=DPI)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise OutputError(
-            f"cannot write {path}: {e.strerror or e}; check the run folder's "
-            "permissions and free space"
-        ) from None
-    return path
+    return write_file_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
 
 
 def _write_text(path: Path, text: str) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise OutputError(
-            f"cannot write {path}: {e.strerror or e}; check the run folder's "
-            "permissions and free space"
-        ) from None
-    return path
+    return write_file_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def _series(rows: list[dict[str, float | None]], key: str) -> tuple[list[float], list[float]]:

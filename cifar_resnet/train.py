@@ -554,16 +554,7 @@ def prepare_data(config: TrainConfig, bundle: DataBundle) -> Prepared:
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise OutputError(
-            f"cannot write {path}: {e.strerror or e}; check the output folder's "
-            "permissions and free space"
-        ) from None
+    ckpt_io.write_file_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
