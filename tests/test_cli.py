@@ -370,3 +370,13 @@ def test_tensorboard_missing_is_a_one_line_install_hint(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if not installed
     with pytest.raises(UsageError, match=r"pip install 'cifar-resnet\[tensorboard\]'"):
         _tensorboard_writer(tmp_path)
+
+
+def test_no_progress_bar_in_logs_when_stdout_is_not_a_terminal(tiny_folder, tmp_path,
+                                                               cache_dir):
+    r = run("train", "--data", tiny_folder, "--out", tmp_path / "run", "--epochs", 2,
+            "--batch-size", 16, "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    assert "[2] Test Loss:" in r.stdout
+    for stream in (r.stdout, r.stderr):
+        assert "\r" not in stream and "step/s" not in stream and "it/s" not in stream
