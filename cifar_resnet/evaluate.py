@@ -26,6 +26,19 @@ def load_model(
     return model.to(device).eval()
 
 
+def load_run_data(ckpt: dict[str, Any], data: str, *, data_dir=None, cache_dir=None):
+    """The dataset ``data`` decoded as the checkpoint's run saw it (its ``image_size``)."""
+    from .data import load_data
+
+    return load_data(
+        data,
+        data_dir=data_dir,
+        image_size=ckpt.get("config", {}).get("image_size") or None,
+        cache_dir=cache_dir,
+        progress=False,
+    )
+
+
 def evaluate_checkpoint(
     ckpt: dict[str, Any],
     args,

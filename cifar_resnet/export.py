@@ -134,16 +134,11 @@ def check_images(
     if data is None:
         rng = np.random.default_rng(0)
         return rng.integers(0, 256, (min(n, 64), size, size, 3), dtype=np.uint8), "random images"
-    from .data import load_data, subset
+    from .data import subset
+    from .evaluate import load_run_data
 
     config = ckpt.get("config", {})
-    bundle = load_data(
-        data,
-        data_dir=data_dir,
-        image_size=config.get("image_size") or None,
-        cache_dir=cache_dir,
-        progress=False,
-    )
+    bundle = load_run_data(ckpt, data, data_dir=data_dir, cache_dir=cache_dir)
     test = subset(bundle.test, min(n, len(bundle.test)), int(config.get("seed", 0)))
     return test.images, f"{len(test)} test images of {data}"
 

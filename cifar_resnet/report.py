@@ -187,19 +187,14 @@ def split_predictions(
     ``limit_test`` and ``seed``. Evaluated in fp32 on the CPU.
     """
     from .checkpoint import resolve_checkpoint
-    from .data import load_data, subset
+    from .data import subset
     from .errors import DataError
+    from .evaluate import load_run_data
     from .predict import from_checkpoint
 
     path, ckpt = resolve_checkpoint(run_dir)
     config = ckpt.get("config", {})
-    bundle = load_data(
-        data,
-        data_dir=data_dir,
-        image_size=config.get("image_size") or None,
-        cache_dir=cache_dir,
-        progress=False,
-    )
+    bundle = load_run_data(ckpt, data, data_dir=data_dir, cache_dir=cache_dir)
     if list(bundle.classes) != list(ckpt["classes"]):
         raise DataError(
             f"the data's classes {bundle.classes[:4]}... differ from the "
