@@ -34,6 +34,21 @@ FIELD_HELP = {
     "lr_gamma": "decay factor for step/multistep schedules",
     "lr_milestones": "for --schedule multistep: comma-separated steps, e.g. 32000,48000",
     "warmup_steps": "linear learning-rate warm-up over this many steps; helps large batches",
+    "warmup_fraction": "for --schedule onecycle without --warmup-steps: the share of the run "
+    "spent warming up",
+    "lr_start_factor": "for --schedule onecycle: the lr at the first step, as a fraction of --lr",
+    "lr_end_factor": "for --schedule onecycle: the lr at the last step, as a fraction of --lr",
+    "norm_lr_scale": "BatchNorm parameters learn at lr times this, with weight decay divided by "
+    "it (the fast preset: 64)",
+    "lookahead": "every N steps move the weights to a slow average of themselves (lookahead, "
+    "as airbench; the fast preset: 5); the run ends on the slow weights",
+    "whiten_bias_fraction": "fastnet: the whitening stem's bias learns for this share of the "
+    "steps, then is frozen",
+    "pad_mode": "crop padding: zeros (the seed, the paper) or reflect (mirror the border)",
+    "alt_flip": "flip each image in every other epoch instead of at random each epoch "
+    "(airbench: fewer repeated views in short runs)",
+    "tta": "test-time augmentation for the evaluations during training: 0 none, 1 mirror, "
+    "2 mirror + 1-pixel translations (6 passes)",
     "padding": "random-crop zero padding in pixels (seed 1, paper 4); 0 disables cropping",
     "flip": "random horizontal flips (--no-flip for data where left/right matters)",
     "normalize": "half: (x-0.5)/0.5 as the seed; dataset: training-set per-channel mean/std",
@@ -307,8 +322,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         base = {k: v for k, v in resume_ckpt["config"].items()}
         _, config = resolve_config(preset, base, flags)
     else:
+        from .train import resolve_device
+
         preset, config = resolve_config(
-            args.preset, file_values, flags, file_name=args.config or "config file"
+            args.preset,
+            file_values,
+            flags,
+            file_name=args.config or "config file",
+            device_type=resolve_device(args.device).type,
         )
     progress = sys.stderr.isatty() and not args.quiet
     bundle = _load_bundle(args, config.image_size, progress)
@@ -387,6 +408,9 @@ def cmd_presets(args: argparse.Namespace) -> int:
         print(f"{name}: {values.get('_about', '')}")
         config = preset_config(name)
         print("   " + ", ".join(f"{k}={getattr(config, k)!r}" for k in values if k[0] != "_"))
+        if "_cpu" in values:
+            cpu = ", ".join(f"{k}={v!r}" for k, v in values["_cpu"].items())
+            print(f"   on a CPU: {cpu}")
     return 0
 
 

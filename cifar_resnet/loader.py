@@ -20,6 +20,12 @@ import torch
 import torch.nn.functional as F
 
 
+def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
+    """Indices outside 0..size-1 mirrored back in (``-1 -> 1``, ``size -> size - 2``)."""
+    index = index.abs()
+    return torch.where(index > size - 1, 2 * (size - 1) - index, index)
+
+
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     g = torch.Generator()
     # Mix seed and epoch into one 63-bit value; different (seed, epoch) give different streams.
@@ -31,7 +37,9 @@ class DeviceLoader:
     """Batches of ``(images, labels)`` from uint8 images held on ``device``.
 
     images: uint8 array or tensor (N, H, W, 3). labels: int (N,).
-    train=True shuffles and augments (crop with zero padding ``padding``, flip with p=0.5);
+    train=True shuffles and augments (crop with ``padding`` pixels of zeros or, with
+    ``pad_mode="reflect"``, of the mirrored border; flip with p=0.5, or with ``alt_flip``
+    each image flipped in every other epoch, its first flip drawn at random);
     train=False yields the split in order, unaugmented, sharded contiguously across ranks.
     Yielded images are float32 (N, 3, H, W), normalised with ``mean``/``std`` on the 0..1 scale,
     in channels_last memory format when ``channels_last``.
@@ -46,7 +54,9 @@ class DeviceLoader:
         device: torch.device | str = "cpu",
         train: bool = True,
         padding: int = 0,
+        pad_mode: str = "zeros",
         flip: bool = True,
+        alt_flip: bool = False,
         mean: Sequence[float] = (0.5, 0.5, 0.5),
         std: Sequence[float] = (0.5, 0.5, 0.5),
         seed: int = 0,
@@ -63,7 +73,9 @@ class DeviceLoader:
         self.batch_size = batch_size
         self.train = train
         self.padding = padding
+        self.pad_mode = pad_mode
         self.flip = flip
+        self.alt_flip = alt_flip
         self.seed = seed
         self.channels_last = channels_last
         self.rank, self.world_size = rank, world_size
@@ -96,6 +108,11 @@ class DeviceLoader:
         perm = torch.randperm(n, generator=g)
         offsets = torch.randint(0, 2 * self.padding + 1, (n, 2), generator=g)
         flips = torch.rand(n, generator=g) < 0.5
+        if self.alt_flip:
+            # airbench's alternating flip: a random choice once, inverted every other epoch,
+            # so each image is seen both ways in any two consecutive epochs.
+            first = torch.rand(n, generator=_epoch_generator(self.seed, -1)) < 0.5
+            flips = first ^ bool(epoch % 2)
         if not self.flip:
             flips.zero_()
         return perm, offsets, flips
@@ -160,9 +177,12 @@ class DeviceLoader:
         b, h, w, _ = x.shape
         if offsets is not None and self.padding > 0 and self.train:
             p = self.padding
-            x = F.pad(x, (0, 0, p, p, p, p))  # zero border: (B, H+2P, W+2P, 3)
-            rows = offsets[:, 0:1] + torch.arange(h, device=x.device)  # (B, H)
+            rows = offsets[:, 0:1] + torch.arange(h, device=x.device)  # (B, H) in padded coords
             cols = offsets[:, 1:2] + torch.arange(w, device=x.device)  # (B, W)
+            if self.pad_mode == "reflect":  # mirror without repeating the edge, as F.pad
+                rows, cols = _reflect(rows - p, h), _reflect(cols - p, w)
+            else:
+                x = F.pad(x, (0, 0, p, p, p, p))  # zero border: (B, H+2P, W+2P, 3)
             x = x[
                 torch.arange(b, device=x.device)[:, None, None], rows[:, :, None], cols[:, None, :]
             ]

@@ -166,3 +166,102 @@ def _register_he(depth: int) -> None:
 
 for _depth in (20, 32, 44, 56, 110):
     _register_he(_depth)
+
+
+# ----------------------------------------------------------------------------- fast preset
+
+
+class ConvGroup(nn.Module):
+    """One stage of ``FastNet``: conv, 2x2 max-pool, BN, GELU, then a residual conv-BN-GELU.
+
+    The residual branch adds to its input after the activation, as in Page's ResNet-9
+    ("How to train your ResNet", 2018); the conv-pool-BN order and GELU follow airbench
+    (Jordan, "94% on CIFAR-10 in 3.29 seconds on a single GPU", 2024).
+    """
+
+    def __init__(self, in_planes: int, planes: int, bn_momentum: float):
+        super().__init__()
+        self.conv1 = _dirac_conv(in_planes, planes)
+        self.norm1 = _frozen_scale_bn(planes, bn_momentum)
+        self.conv2 = _dirac_conv(planes, planes)
+        self.norm2 = _frozen_scale_bn(planes, bn_momentum)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.gelu(self.norm1(F.max_pool2d(self.conv1(x), 2)))  # (B, C, H/2, W/2)
+        return x + F.gelu(self.norm2(self.conv2(x)))
+
+
+def _dirac_conv(in_planes: int, planes: int) -> nn.Conv2d:
+    """A 3x3 conv whose first ``in_planes`` filters start as the identity (airbench): the
+    untrained net passes its input through, which speeds up the first epochs."""
+    conv = nn.Conv2d(in_planes, planes, 3, padding=1, bias=False)
+    nn.init.dirac_(conv.weight.data[: min(in_planes, planes)])
+    return conv
+
+
+def _frozen_scale_bn(planes: int, momentum: float) -> nn.BatchNorm2d:
+    """BatchNorm with a fixed scale of 1 and a learned shift (airbench: learning the scale
+    does not help at this length). ``momentum`` is torch's (weight of the new batch)."""
+    bn = nn.BatchNorm2d(planes, eps=1e-12, momentum=momentum)
+    bn.weight.requires_grad_(False)
+    return bn
+
+
+class FastNet(nn.Module):
+    """The ``fast`` preset's network: a whitening stem and three residual ``ConvGroup`` s.
+
+    The stem is a 2x2 convolution (no padding) whose filters are fixed to the whitening
+    transform of the training images' 2x2 patches and their negatives (Page 2018, airbench),
+    set by :meth:`init_whitening` from the data before training; only its bias learns, for
+    the first part of the run. The logits are scaled by 1/9, a temperature airbench tuned.
+    """
+
+    def __init__(self, widths: tuple[int, int, int], num_classes: int = 10):
+        super().__init__()
+        self.whiten = nn.Conv2d(3, 24, kernel_size=2, padding=0, bias=True)
+        self.whiten.weight.requires_grad_(False)
+        self.layer1 = ConvGroup(24, widths[0], 0.4)  # (B, w0, 15, 15) at 32x32 input
+        self.layer2 = ConvGroup(widths[0], widths[1], 0.4)  # (B, w1, 7, 7)
+        self.layer3 = ConvGroup(widths[1], widths[2], 0.4)  # (B, w2, 3, 3)
+        self.linear = nn.Linear(widths[2], num_classes, bias=False)
+        self.scale = 1 / 9
+
+    @torch.no_grad()
+    def init_whitening(self, images: torch.Tensor, eps: float = 5e-4) -> None:
+        """Set the stem to whiten 2x2 patches of ``images`` (normalised, (N, 3, H, W)).
+
+        The 12 eigenvectors of the patch covariance, each divided by the square root of its
+        eigenvalue, and their negatives: 24 filters whose outputs are decorrelated with unit
+        variance (the GELU after the stem sees both signs).
+        """
+        cov = torch.zeros(12, 12, dtype=torch.float64, device=images.device)
+        count = 0
+        for x in images.float().split(500):  # bounded memory: 500 images of patches at a time
+            patches = x.unfold(2, 2, 1).unfold(3, 2, 1)  # (n, 3, H-1, W-1, 2, 2)
+            patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, 12).double()
+            cov += patches.T @ patches  # uncentred, as airbench: the stem's bias learns
+            count += len(patches)
+        cov /= count
+        eigenvalues, eigenvectors = torch.linalg.eigh(cov)  # ascending
+        filters = (eigenvectors.T / (eigenvalues.clamp(min=0) + eps).sqrt()[:, None]).flip(0)
+        filters = filters.reshape(12, 3, 2, 2).to(self.whiten.weight)
+        self.whiten.weight.copy_(torch.cat([filters, -filters]))
+        self.whiten.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.gelu(self.whiten(x))  # (B, 24, H-1, W-1)
+        out = self.layer3(self.layer2(self.layer1(out)))
+        out = torch.flatten(F.adaptive_max_pool2d(out, 1), 1)  # (B, w2)
+        return self.linear(out) * self.scale
+
+
+@register_model("fastnet", "the fast preset's GPU net: whitening stem, residual 64/256/256")
+def fastnet(num_classes: int = 10) -> FastNet:
+    """airbench94's widths (Jordan 2024) with residual stages: 2.0M parameters."""
+    return FastNet((64, 256, 256), num_classes)
+
+
+@register_model("fastnet-s", "the fast preset's CPU net: whitening stem, residual 32/64/128")
+def fastnet_s(num_classes: int = 10) -> FastNet:
+    """A quarter of fastnet's compute per image for CPUs: 0.3M parameters."""
+    return FastNet((32, 64, 128), num_classes)

@@ -187,9 +187,9 @@ class Stepper:
         self.device = device
         self.label_smoothing = label_smoothing
         self.forward = torch.compile(model) if compile else model
-        self.lr = torch.tensor(float(optimizer.param_groups[0]["lr"]), device=device)
+        # One lr tensor per parameter group, refilled before every step (see make_optimizer).
         for group in optimizer.param_groups:
-            group["lr"] = self.lr
+            group["lr"] = torch.tensor(float(group["lr"]), device=device)
         self.loss_sum = torch.zeros((), device=device, dtype=torch.float64)
         self.correct = torch.zeros((), device=device, dtype=torch.int64)
         self.first_bad = torch.full((), -1, device=device, dtype=torch.int64)
@@ -198,6 +198,7 @@ class Stepper:
         self.graph = None
         self.eager_steps = 0
         self.ema = None  # a torch.optim.swa_utils.AveragedModel, updated after every step
+        self.lookahead = None  # a Lookahead, updated after every step
 
     def autocast(self):
         return torch.autocast(
@@ -226,13 +227,21 @@ class Stepper:
         self.first_bad.copy_(torch.where(bad, self.counter, self.first_bad))
         self.counter.add_(1)
 
-    def step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> None:
-        self._step(x, y, lr)
+    def step(
+        self, x: torch.Tensor, y: torch.Tensor, lr: float, step: int = 0, total_steps: int = 1
+    ) -> None:
+        """Optimizer step number ``step`` (0-based) of ``total_steps`` at learning rate ``lr``."""
+        for group in self.optimizer.param_groups:
+            # A group with "until" (the whitening bias) stops learning after that share.
+            on = step < group.get("until", 1.0) * total_steps
+            group["lr"].fill_(lr * group.get("lr_scale", 1.0) if on else 0.0)
+        self._step(x, y)
         if self.ema is not None:
             update_ema(self.ema, ckpt_io.unwrap(self.model))
+        if self.lookahead is not None:
+            self.lookahead.after_step(step + 1, total_steps)
 
-    def _step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> None:
-        self.lr.fill_(lr)
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         if self.graph is not None and x.shape == self.static_x.shape:
             self.static_x.copy_(x)
             self.static_y.copy_(y)
@@ -249,7 +258,7 @@ class Stepper:
                 )
                 self.cuda_graph = False
                 torch.cuda.synchronize()
-            return self._step(x, y, lr)
+            return self._step(x, y)
         self.optimizer.zero_grad(set_to_none=True)
         if self.cuda_graph:
             # Warm-up steps run on a side stream, as CUDA graph capture requires.
@@ -296,11 +305,77 @@ def update_ema(ema, model: torch.nn.Module) -> None:
                 e.copy_(t)
 
 
+class Lookahead:
+    """airbench's lookahead (Zhang et al. 2019, with a schedule): every ``every`` steps the slow
+    weights move toward the fast ones by ``1 - decay`` and the fast weights jump to them;
+    ``decay`` grows as the cube of the run's progress, to 0.95**every at the end. The run
+    ends on the slow weights (:meth:`finish`). Float parameters and buffers take part."""
+
+    def __init__(self, model: torch.nn.Module, every: int):
+        self.every = every
+        self.fast = [t for t in model.state_dict().values() if t.is_floating_point()]
+        self.slow = [t.detach().clone() for t in self.fast]
+
+    @torch.no_grad()
+    def after_step(self, done: int, total_steps: int) -> None:
+        if done % self.every == 0:
+            decay = 0.95**self.every * (done / total_steps) ** 3
+            torch._foreach_lerp_(self.slow, self.fast, 1 - decay)
+            torch._foreach_copy_(self.fast, self.slow)
+
+    @torch.no_grad()
+    def finish(self) -> None:
+        torch._foreach_copy_(self.fast, self.slow)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {str(i): t for i, t in enumerate(self.slow)}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if len(state) != len(self.slow):
+            raise CheckpointError("the checkpoint's lookahead weights do not match the model")
+        torch._foreach_copy_(self.slow, [state[str(i)] for i in range(len(self.slow))])
+
+
 def make_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.device):
+    """SGD over the trainable parameters, in groups only where the recipe treats them apart:
+    BatchNorm parameters with ``norm_lr_scale`` (lr x s, weight decay / s: the same decay per
+    step) and a whitening stem's bias, which stops after ``whiten_bias_fraction`` of the run.
+    """
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    norm = {id(p) for m in model.modules() if isinstance(m, _BatchNorm) for p in m.parameters()}
+    whiten = getattr(model, "whiten", None)
+    stem = {id(whiten.bias)} if whiten is not None and whiten.bias is not None else set()
+    split_norm = config.norm_lr_scale != 1.0
+    split_stem = config.whiten_bias_fraction < 1.0
+    groups: dict[str, list[torch.nn.Parameter]] = {"norm": [], "stem": [], "other": []}
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        if split_stem and id(p) in stem:
+            groups["stem"].append(p)
+        elif split_norm and id(p) in norm:
+            groups["norm"].append(p)
+        else:
+            groups["other"].append(p)
+    options = {
+        "norm": {
+            "lr_scale": config.norm_lr_scale,
+            "weight_decay": config.weight_decay / config.norm_lr_scale,
+        },
+        "stem": {"until": config.whiten_bias_fraction},
+        "other": {},
+    }
+    param_groups = [
+        {"params": params, "name": name, **options[name]}
+        for name, params in groups.items()
+        if params
+    ]
     # The fused kernel updates every parameter in one launch and takes the lr as a tensor, so
     # a changing lr needs no recompile and no host sync (and can live inside a CUDA graph).
     return torch.optim.SGD(
-        model.parameters(),
+        param_groups,
         lr=torch.tensor(config.lr, device=device),
         momentum=config.momentum,
         nesterov=config.nesterov,
@@ -309,11 +384,30 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.de
     )
 
 
+def tta_logits(model, x: torch.Tensor, tta: int = 0) -> torch.Tensor:
+    """fp32 logits of ``x`` with test-time augmentation: 0 none, 1 the mean over the image and
+    its mirror, 2 (airbench) half that plus half the mirror-mean of two 1-pixel diagonal
+    translations with mirrored borders: 6 forward passes."""
+
+    def mirrored(v):
+        out = model(v).float()
+        return out if tta == 0 else (out + model(v.flip(3)).float()) / 2
+
+    logits = mirrored(x)
+    if tta >= 2:
+        h, w = x.shape[2:]
+        padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+        shifted = [padded[:, :, :h, :w], padded[:, :, 2 : h + 2, 2 : w + 2]]
+        logits = (logits + sum(mirrored(v) for v in shifted) / 2) / 2
+    return logits
+
+
 @torch.no_grad()
 def evaluate(
-    model, loader: DeviceLoader, amp_dtype=None, num_classes: int | None = None, tta: bool = False
+    model, loader: DeviceLoader, amp_dtype=None, num_classes: int | None = None, tta: int = 0
 ) -> dict[str, Any]:
-    """Loss, accuracy (percent) and the confusion matrix (rows: true, cols: predicted)."""
+    """Loss, accuracy (percent) and the confusion matrix (rows: true, cols: predicted),
+    with test-time augmentation level ``tta`` (see :func:`tta_logits`; True means 1)."""
     was_training = model.training
     model.eval()
     device = loader.device
@@ -324,9 +418,7 @@ def evaluate(
         device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None
     ):
         for x, y in loader:
-            logits = model(x).float()
-            if tta:
-                logits = (logits + model(x.flip(3)).float()) / 2
+            logits = tta_logits(model, x, int(tta))
             loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
             confusion += torch.bincount(y * n_cls + logits.argmax(1), minlength=n_cls * n_cls)
     model.train(was_training)
@@ -384,7 +476,8 @@ def train_one_epoch(
     for x, y in loader.batches(state.epoch_step):
         if state.step >= total_steps:
             break
-        stepper.step(x, y, lr_at(config, state.step, steps_per_epoch, total_steps))
+        lr = lr_at(config, state.step, steps_per_epoch, total_steps)
+        stepper.step(x, y, lr, state.step, total_steps)
         seen += y.shape[0]
         state.step += 1
         state.epoch_step += 1
@@ -464,7 +557,7 @@ def plan_time_budget(
         if i == warm:
             sync()
             t0 = time.perf_counter()
-        probe.step(x, y, config.lr * 1e-3)
+        probe.step(x, y, config.lr * 1e-3, i, 1 << 30)
         if i >= warm:
             timed += 1
             if timed >= 20 or time.perf_counter() - t0 > 0.03 * config.time_budget:
@@ -473,7 +566,7 @@ def plan_time_budget(
     step_s = (time.perf_counter() - t0) / max(timed, 1)
     t0 = time.perf_counter()
     for ev in eval_loaders:
-        evaluate(model, ev, stepper.amp_dtype, num_classes)
+        evaluate(model, ev, stepper.amp_dtype, num_classes, config.tta)
     eval_s = time.perf_counter() - t0
     step_s, eval_s = (
         v / distributed.from_env().world_size
@@ -669,7 +762,9 @@ def _fit(
         device=dev,
         train=True,
         padding=config.padding,
+        pad_mode=config.pad_mode,
         flip=config.flip,
+        alt_flip=config.alt_flip,
         mean=data.mean,
         std=data.std,
         seed=config.seed,
@@ -698,6 +793,9 @@ def _fit(
     model = create_model(model_name(config), len(data.classes)).to(dev)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if hasattr(model, "init_whitening") and resume is None:
+        # The stem whitens 2x2 patches of (up to) 5000 unaugmented training images.
+        model.init_whitening(loader.augment(loader.images[:5000]))
     optimizer = make_optimizer(model, config, dev)
     state = RunState()
     if resume is not None:
@@ -724,6 +822,10 @@ def _fit(
         use_compile,
         cuda_graph=use_graph,
     )
+    if config.lookahead:
+        stepper.lookahead = Lookahead(model, config.lookahead)
+        if resume is not None:
+            stepper.lookahead.load_state_dict(resume["lookahead"])
     if config.ema:
         stepper.ema = make_ema(model, config.ema)
         if resume is not None and "ema" in resume:
@@ -801,6 +903,7 @@ def _fit(
                 "rng": ckpt_io.rng_state(),
                 "config": config.to_dict(),
                 **meta,
+                **({"lookahead": stepper.lookahead.state_dict()} if stepper.lookahead else {}),
                 **(
                     {
                         "ema": stepper.ema.module.state_dict(),
@@ -851,6 +954,9 @@ def _fit(
                     f"stopped by signal {stop.signum} at {where}; the run is saved: "
                     f"continue with `cifar-resnet train --resume {out}`"
                 )
+            last = state.step >= total_steps
+            if last and stepper.lookahead is not None:
+                stepper.lookahead.finish()  # the run ends on the slow weights
             distributed.broadcast_buffers(model)  # rank 0's BatchNorm statistics on all ranks
             loss_sum, correct, seen = distributed.all_sum(state.epoch_sums, dev)
             row = {
@@ -862,15 +968,16 @@ def _fit(
                 "epoch_seconds": state.epoch_seconds,
                 "images_per_s": seen / max(state.epoch_seconds, 1e-9),
             }
-            last = state.step >= total_steps
             if last or (config.eval_every and (state.epoch + 1) % config.eval_every == 0):
-                test = evaluate(model, test_loader, amp_dtype, len(data.classes))
+                test = evaluate(model, test_loader, amp_dtype, len(data.classes), config.tta)
                 row.update(test_loss=test["loss"], test_acc=test["accuracy"])
                 if val_loader is not None:
-                    val = evaluate(model, val_loader, amp_dtype, len(data.classes))
+                    val = evaluate(model, val_loader, amp_dtype, len(data.classes), config.tta)
                     row.update(val_loss=val["loss"], val_acc=val["accuracy"])
                 if stepper.ema is not None:
-                    ema = evaluate(stepper.ema.module, test_loader, amp_dtype, len(data.classes))
+                    ema = evaluate(
+                        stepper.ema.module, test_loader, amp_dtype, len(data.classes), config.tta
+                    )
                     row.update(ema_test_loss=ema["loss"], ema_test_acc=ema["accuracy"])
             state.wall_seconds += time.perf_counter() - wall
             reached = (

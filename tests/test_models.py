@@ -41,8 +41,36 @@ def test_output_shape_and_gradients(name):
     assert out.shape == (4, 7)
     assert torch.isfinite(out).all()
     out.logsumexp(1).sum().backward()
-    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum()]
-    assert not missing
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    missing = [n for n, p in trainable if p.grad is None or not p.grad.abs().sum()]
+    assert trainable and not missing
+
+
+def test_fastnet_sizes_and_frozen_parameters():
+    assert count_parameters(create_model("fastnet")) == 1_972_792
+    assert count_parameters(create_model("fastnet-s")) == 295_096
+    model = create_model("fastnet-s")
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    # The whitening filters and every BatchNorm scale are fixed; the stem's bias learns.
+    assert "whiten.weight" in frozen and "whiten.bias" not in frozen
+    assert {n for n in frozen if n.endswith("norm1.weight")} == {
+        f"layer{i}.norm1.weight" for i in (1, 2, 3)
+    }
+
+
+def test_fastnet_stem_whitens_patches():
+    torch.manual_seed(0)
+    # Correlated channels with unequal scales: the stem's 12 outputs must come out white.
+    mix = torch.tensor([[1.0, 0.0, 0.0], [0.8, 0.5, 0.0], [0.3, 0.3, 2.0]])
+    x = torch.einsum("dc,nchw->ndhw", mix, torch.randn(200, 3, 16, 16))
+    model = create_model("fastnet-s")
+    model.init_whitening(x, eps=0.0)
+    out = torch.nn.functional.conv2d(x, model.whiten.weight)  # (200, 24, 15, 15)
+    first = out[:, :12].permute(1, 0, 2, 3).reshape(12, -1)
+    second_moment = first @ first.T / first.shape[1]
+    assert torch.allclose(second_moment, torch.eye(12), atol=1e-3)
+    assert torch.equal(model.whiten.weight[12:], -model.whiten.weight[:12])
+    assert not model.whiten.bias.any()
 
 
 def test_other_input_sizes_pool_globally():
