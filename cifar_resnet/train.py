@@ -521,22 +521,51 @@ def _check_finite(stepper, state, config, steps_per_epoch, total_steps, bar) -> 
         )
 
 
+@dataclass
+class BudgetPlan:
+    """A time budget's plan: the steps, and the measured costs it was solved from."""
+
+    steps: int
+    step_s: float
+    eval_s: float
+    save_s: float
+
+
+def solve_steps(time_left, step_s, eval_s, save_s, spe, eval_every, done_epochs=0) -> int:
+    """The most steps (from an epoch boundary after ``done_epochs``) whose training, evaluations
+    and epoch checkpoints fit in ``time_left`` seconds; the last epoch is always evaluated."""
+    steps = int(time_left / step_s)
+    for _ in range(20):  # evaluations depend on the number of epochs, which depends on steps
+        epochs = -(-steps // spe)
+        end = done_epochs + epochs
+        if eval_every:
+            evals = end // eval_every - done_epochs // eval_every + (end % eval_every != 0)
+        else:
+            evals = 1
+        fit_steps = max(int((time_left - evals * eval_s - epochs * save_s) / step_s), 0)
+        if fit_steps == steps:
+            break
+        steps = fit_steps
+    return steps
+
+
 def plan_time_budget(
     config: TrainConfig,
     stepper: Stepper,
     loader: DeviceLoader,
     eval_loaders: list[DeviceLoader],
-    elapsed: float,
+    started: float,
     save_seconds: float,
     num_classes: int,
     log=print,
-) -> int:
-    """How many steps fit in ``config.time_budget`` seconds, evaluations and saves included.
+) -> BudgetPlan:
+    """How many steps fit in ``config.time_budget`` seconds from ``started``, evaluations and
+    saves included.
 
     Times a few steps and one evaluation pass on a throwaway copy of the model (the run itself
     starts from step 0, so its schedule is laid over exactly the planned steps), then solves
-    ``elapsed + steps * step_s + evals(steps) * eval_s + saves(steps) * save_s <= budget``
-    with a 2% margin.
+    ``now + steps * step_s + evals(steps) * eval_s + saves(steps) * save_s <= budget``
+    with a 2% margin. ``fit`` checks the plan against the run's own speed after every epoch.
     """
     import copy
 
@@ -573,15 +602,10 @@ def plan_time_budget(
         for v in distributed.all_sum([step_s, eval_s], stepper.device)
     )
     spe = len(loader)
-    budget = config.time_budget * 0.98 - elapsed - (time.perf_counter() - t0 + eval_s)
-    steps = int(budget / step_s)
-    for _ in range(20):  # evaluations depend on the number of epochs, which depends on steps
-        epochs = -(-steps // spe)
-        evals = -(-epochs // config.eval_every) if config.eval_every else 1
-        fit_steps = int((budget - evals * eval_s - epochs * save_seconds) / step_s)
-        if fit_steps == steps:
-            break
-        steps = max(fit_steps, 0)
+    elapsed = time.perf_counter() - started
+    steps = solve_steps(
+        config.time_budget * 0.98 - elapsed, step_s, eval_s, save_seconds, spe, config.eval_every
+    )
     if steps < 1:
         raise UsageError(
             f"--time-budget {config.time_budget:g}s is too short: a step takes "
@@ -591,7 +615,7 @@ def plan_time_budget(
         f"time budget {config.time_budget:g}s: {steps} steps planned ({steps / spe:.1f} epochs; "
         f"{step_s * 1e3:.1f} ms/step, evaluation {eval_s:.1f}s, {elapsed:.1f}s spent before)"
     )
-    return steps
+    return BudgetPlan(steps, step_s, eval_s, save_seconds)
 
 
 def budget_schedule(config: TrainConfig, planned: int, spe: int) -> TrainConfig:
@@ -836,6 +860,7 @@ def _fit(
 
     steps_per_epoch = len(loader)
     eval_loaders = [test_loader] + ([val_loader] if val_loader is not None else [])
+    plan = None  # a plan made by this process (a resumed run keeps its plan as it was)
     if config.time_budget and not state.planned_steps:
         probe_path = out / ".budget-probe.pt"
         t0 = time.perf_counter()
@@ -845,16 +870,17 @@ def _fit(
             )
             probe_path.unlink()
         save_s = distributed.all_sum([time.perf_counter() - t0], dev)[0]
-        state.planned_steps = plan_time_budget(
+        plan = plan_time_budget(
             config,
             stepper,
             loader,
             eval_loaders,
-            time.perf_counter() - started,
+            started,
             save_s,
             len(data.classes),
             log=(lambda m: None) if quiet else log,
         )
+        state.planned_steps = plan.steps
         config = budget_schedule(config, state.planned_steps, steps_per_epoch)
     total_steps = config.steps or config.epochs * steps_per_epoch
     total_epochs = -(-total_steps // steps_per_epoch)
@@ -954,6 +980,7 @@ def _fit(
                     f"stopped by signal {stop.signum} at {where}; the run is saved: "
                     f"continue with `cifar-resnet train --resume {out}`"
                 )
+            epoch_steps = state.epoch_step
             last = state.step >= total_steps
             if last and stepper.lookahead is not None:
                 stepper.lookahead.finish()  # the run ends on the slow weights
@@ -968,7 +995,9 @@ def _fit(
                 "epoch_seconds": state.epoch_seconds,
                 "images_per_s": seen / max(state.epoch_seconds, 1e-9),
             }
-            if last or (config.eval_every and (state.epoch + 1) % config.eval_every == 0):
+            eval_start = time.perf_counter()
+            evaluated = last or (config.eval_every and (state.epoch + 1) % config.eval_every == 0)
+            if evaluated:
                 test = evaluate(model, test_loader, amp_dtype, len(data.classes), config.tta)
                 row.update(test_loss=test["loss"], test_acc=test["accuracy"])
                 if val_loader is not None:
@@ -979,7 +1008,39 @@ def _fit(
                         stepper.ema.module, test_loader, amp_dtype, len(data.classes), config.tta
                     )
                     row.update(ema_test_loss=ema["loss"], ema_test_acc=ema["accuracy"])
+            if plan is not None and evaluated:
+                plan.eval_s = distributed.all_sum([time.perf_counter() - eval_start], dev)[0] / (
+                    dist_info.world_size
+                )
             state.wall_seconds += time.perf_counter() - wall
+            # Check the plan against this run's own speed: a probe timed while the machine was
+            # busier (or idler) than during the run would miss the budget. (A GPU's first epoch
+            # holds cuDNN autotuning and graph capture: it is not the speed of the rest.)
+            if plan is not None and not last and not (dev.type == "cuda" and state.epoch == 0):
+                plan.step_s = distributed.all_sum(
+                    [state.epoch_seconds / max(epoch_steps, 1)], dev
+                )[0] / dist_info.world_size
+                left = solve_steps(
+                    config.time_budget * 0.98 - (time.perf_counter() - started) - plan.save_s,
+                    plan.step_s,
+                    plan.eval_s,
+                    plan.save_s,
+                    steps_per_epoch,
+                    config.eval_every,
+                    state.epoch + 1,
+                )
+                replanned = state.step + max(left, 1)
+                if abs(replanned - total_steps) > 0.02 * (total_steps - state.step) + 1:
+                    if not quiet:
+                        log(
+                            f"time budget: {replanned} steps re-planned (was {total_steps}; "
+                            f"{plan.step_s * 1e3:.1f} ms/step measured in epoch "
+                            f"{state.epoch + 1})"
+                        )
+                    config = budget_schedule(config, replanned, steps_per_epoch)
+                    total_steps = state.planned_steps = replanned
+                    if main:
+                        _write_text_atomic(out / "config.toml", config_to_toml(preset, config))
             reached = (
                 config.target_accuracy
                 and row.get(f"{config.target_split}_acc", -1) >= config.target_accuracy
