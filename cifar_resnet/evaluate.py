@@ -45,7 +45,7 @@ def evaluate_checkpoint(
     flags: dict[str, Any],
     split: str = "test",
     device: str = "auto",
-    tta: bool = False,
+    tta: int = 0,
     ema: bool = False,
 ) -> dict[str, Any]:
     from .cli import _load_bundle

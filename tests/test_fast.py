@@ -170,6 +170,17 @@ def test_fast_preset_resumes_bitwise_mid_lookahead(data16, tmp_path, cache_dir):
     assert resumed["weights_sha256"] == done["weights_sha256"]
     assert math.isclose(resumed["test_accuracy"], done["test_accuracy"])
 
+    # `evaluate --tta 1` reproduces the run's own (mirror-TTA, the CPU preset's) figure.
+    def evaluate(*extra):
+        cmd = [sys.executable, "-m", "cifar_resnet", "evaluate", str(full), "--data",
+               str(data16), "--device", "cpu", "--json", *extra]  # fmt: skip
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+    assert math.isclose(evaluate("--tta", "1")["accuracy"], done["test_accuracy"])
+    assert evaluate("--tta", "2")["count"] == 12
+
 
 def test_solve_steps_counts_evaluations_and_saves():
     from cifar_resnet.train import solve_steps
