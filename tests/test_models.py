@@ -47,7 +47,7 @@ def test_output_shape_and_gradients(name):
 
 
 def test_fastnet_sizes_and_frozen_parameters():
-    assert count_parameters(create_model("fastnet")) == 1_972_792
+    assert count_parameters(create_model("fastnet")) == 4_424_376
     assert count_parameters(create_model("fastnet-s")) == 295_096
     model = create_model("fastnet-s")
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
