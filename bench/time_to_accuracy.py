@@ -35,11 +35,31 @@ from cifar_resnet.cli import parse_duration  # noqa: E402
 def run(data, preset, seed, cap, targets, device):
     with tempfile.TemporaryDirectory() as out:
         cmd = [
-            sys.executable, "-m", "cifar_resnet", "train", "--data", data, "--out", out,
-            "--preset", preset, "--seed", str(seed), "--time-budget", f"{cap}s",
-            "--eval-every", "1", "--target-accuracy", str(max(targets)),
-            "--target-split", "test", "--device", device, "--quiet", "--no-report",
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "cifar_resnet",
+            "train",
+            "--data",
+            data,
+            "--out",
+            out,
+            "--preset",
+            preset,
+            "--seed",
+            str(seed),
+            "--time-budget",
+            f"{cap}s",
+            "--eval-every",
+            "1",
+            "--target-accuracy",
+            str(max(targets)),
+            "--target-split",
+            "test",
+            "--device",
+            device,
+            "--quiet",
+            "--no-report",
+        ]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         seconds = time.perf_counter() - t0
@@ -55,8 +75,14 @@ def run(data, preset, seed, cap, targets, device):
         hit = next((r for r in rows if float(r["test_acc"]) >= t), None)
         reached[t] = None if hit is None else float(hit["wall_seconds"]) + outside
     best = max(float(r["test_acc"]) for r in rows)
-    return {"seconds": seconds, "epochs": len(rows), "final": float(rows[-1]["test_acc"]),
-            "best": best, "reached": reached, "planned": summary.get("planned_steps")}  # fmt: skip
+    return {
+        "seconds": seconds,
+        "epochs": len(rows),
+        "final": float(rows[-1]["test_acc"]),
+        "best": best,
+        "reached": reached,
+        "planned": summary.get("planned_steps"),
+    }
 
 
 def fmt(values, best):
@@ -78,8 +104,10 @@ def main():
     args = p.parse_args()
     import torch
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")  # fmt: skip
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}"
+    )
     print(f"cap {args.cap:g}s per run, seeds {args.seeds}, targets {args.targets}")
     results = {}
     for preset in args.presets:
@@ -89,14 +117,23 @@ def main():
             hits = ", ".join(
                 f"{t:g}%: {'-' if s is None else f'{s:.0f}s'}" for t, s in r["reached"].items()
             )
-            print(f"  {preset} seed {seed}: {r['epochs']} epochs, final {r['final']:.2f}%, "
-                  f"{r['seconds']:.0f}s; reached {hits}", flush=True)  # fmt: skip
-    head = f"{'preset':8s} {'seeds':>5s} " + " ".join(f"{f'time to {t:g}%':>30s}" for t in args.targets)
+            print(
+                f"  {preset} seed {seed}: {r['epochs']} epochs, final {r['final']:.2f}%, "
+                f"{r['seconds']:.0f}s; reached {hits}",
+                flush=True,
+            )
+    head = f"{'preset':8s} {'seeds':>5s} " + " ".join(
+        f"{f'time to {t:g}%':>30s}" for t in args.targets
+    )
     print("\n" + head + f" {'final acc (mean)':>17s}")
     for preset, rs in results.items():
         cols = [fmt([r["reached"][t] for r in rs], [r["best"] for r in rs]) for t in args.targets]
         final = statistics.mean(r["final"] for r in rs)
-        print(f"{preset:8s} {len(rs):>5d} " + " ".join(f"{c:>30s}" for c in cols) + f" {final:>16.2f}%")
+        print(
+            f"{preset:8s} {len(rs):>5d} "
+            + " ".join(f"{c:>30s}" for c in cols)
+            + f" {final:>16.2f}%"
+        )
 
 
 if __name__ == "__main__":

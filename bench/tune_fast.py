@@ -123,8 +123,13 @@ def main():
     p.add_argument("--only", nargs="*", help="run only trials whose name contains one of these")
     p.add_argument("--val", type=int, default=5000, help="validation images held out")
     p.add_argument("--limit-train", type=int, default=0, help="for a quick check of the script")
-    p.add_argument("--test-best", type=int, default=0, metavar="SEEDS",
-                   help="then train the best trial on all training images, SEEDS seeds, on test")
+    p.add_argument(
+        "--test-best",
+        type=int,
+        default=0,
+        metavar="SEEDS",
+        help="then train the best trial on all training images, SEEDS seeds, on test",
+    )
     p.add_argument("--max-seconds", type=float, default=1e9, help="--test-best: time limit")
     args = p.parse_args()
     bundle = load_data(args.data, progress=False)
@@ -164,7 +169,8 @@ def main():
     if args.test_best:
         # The best validation accuracy among trials whose training fits --max-seconds.
         fits = {
-            n: v for n, v in results.items()
+            n: v
+            for n, v in results.items()
             if sum(r["train_s"] for r in v[2]) / len(v[2]) <= args.max_seconds
         }
         best = max(fits, key=lambda n: sum(r["val_tta2"] for r in fits[n][2]))

@@ -127,11 +127,15 @@ def _add_config_flags(p: argparse.ArgumentParser, only: tuple[str, ...] | None =
             p.add_argument(flag, type=type(default), metavar=type(default).__name__.upper(), **kw)
 
 
-def _add_data_flags(p: argparse.ArgumentParser) -> None:
+def add_data_flags(
+    p: argparse.ArgumentParser, required: bool = True, data_help: str | None = None
+) -> None:
+    """--data, --data-dir and --cache-dir, shared by every command that reads a dataset."""
     p.add_argument(
         "--data",
-        required=True,
-        help="an image folder (DIR/train/<class>/*, "
+        required=required,
+        help=data_help
+        or "an image folder (DIR/train/<class>/*, "
         "DIR/test/<class>/*), a CIFAR python archive or its folder, or cifar10 / "
         "cifar100 to download the official archive",
     )
@@ -159,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a model; prints the seed post's line every epoch",
         description="Train a ResNet. Recipe: --preset, then --config, then flags.",
     )
-    _add_data_flags(t)
+    add_data_flags(t)
     t.add_argument(
         "--out",
         help="run folder for metrics.csv, config.toml, checkpoints and "
@@ -209,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Evaluate a run's newest checkpoint (or a .pt file).",
     )
     e.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
-    _add_data_flags(e)
+    add_data_flags(e)
     e.add_argument(
         "--split",
         choices=("test", "val"),

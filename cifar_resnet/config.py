@@ -119,11 +119,17 @@ class TrainConfig:
             raise UsageError(f"norm_lr_scale must be a positive number, got {self.norm_lr_scale}")
         for name in ("warmup_fraction", "whiten_bias_fraction"):
             if not 0 <= getattr(self, name) <= 1:
-                raise UsageError(f"{name} is a share of the steps in 0..1, got {getattr(self, name)}")
+                raise UsageError(
+                    f"{name} is a share of the steps in 0..1, got {getattr(self, name)}"
+                )
         if self.lookahead < 0:
-            raise UsageError(f"lookahead must be zero (off) or a number of steps, got {self.lookahead}")
+            raise UsageError(
+                f"lookahead must be zero (off) or a number of steps, got {self.lookahead}"
+            )
         if self.tta not in (0, 1, 2):
-            raise UsageError(f"tta must be 0 (none), 1 (flip) or 2 (flip + translate), got {self.tta}")
+            raise UsageError(
+                f"tta must be 0 (none), 1 (flip) or 2 (flip + translate), got {self.tta}"
+            )
         if not 0 <= self.ema < 1:
             raise UsageError(f"ema is a decay per step in [0, 1), e.g. 0.999, got {self.ema}")
         if not 0 <= self.label_smoothing < 1:

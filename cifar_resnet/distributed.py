@@ -101,6 +101,12 @@ def all_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
+def all_mean(values: list[float], device: torch.device) -> list[float]:
+    """Average a few numbers over all ranks (identity in a single process)."""
+    world = dist.get_world_size() if is_enabled() else 1
+    return [v / world for v in all_sum(values, device)]
+
+
 def any_rank(flag: bool, device: torch.device) -> bool:
     """True on every rank if ``flag`` is true on any (e.g. a signal reached one rank)."""
     if not is_enabled():

@@ -73,31 +73,22 @@ def _export_onnx(
     import importlib.util
 
     dynamo = importlib.util.find_spec("onnxscript") is not None
+    # Both exporters name the batch dimension dynamic, each in its own terms.
+    if dynamo:
+        batch = {"dynamic_shapes": ({0: torch.export.Dim("batch", min=1)},), "external_data": False}
+    else:
+        batch = {"dynamic_axes": {"images": {0: "batch"}, "logits": {0: "batch"}}}
     with _no_deprecation_warnings():
-        if dynamo:
-            batch = torch.export.Dim("batch", min=1)
-            torch.onnx.export(
-                model,
-                (example,),
-                str(path),
-                input_names=["images"],
-                output_names=["logits"],
-                opset_version=ONNX_OPSET,
-                dynamo=True,
-                dynamic_shapes=({0: batch},),
-                external_data=False,
-            )
-        else:
-            torch.onnx.export(
-                model,
-                (example,),
-                str(path),
-                input_names=["images"],
-                output_names=["logits"],
-                opset_version=ONNX_OPSET,
-                dynamo=False,
-                dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
-            )
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            input_names=["images"],
+            output_names=["logits"],
+            opset_version=ONNX_OPSET,
+            dynamo=dynamo,
+            **batch,
+        )
     proto = onnx.load(str(path))
     for key, value in meta.items():
         entry = proto.metadata_props.add()
@@ -239,13 +230,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "safetensors (weights only, safe to load from anyone)",
     )
     p.add_argument("--out", required=True, metavar="FILE", help="the file to write")
-    p.add_argument(
-        "--data",
-        help="check the ONNX file on this dataset's test images (the one "
+    from .cli import add_data_flags
+
+    add_data_flags(
+        p,
+        required=False,
+        data_help="check the ONNX file on this dataset's test images (the one "
         "the model was trained on) instead of random images",
     )
-    p.add_argument("--data-dir", help="where cifar10/cifar100 are downloaded")
-    p.add_argument("--cache-dir", help="where decoded images are cached")
     p.add_argument(
         "--no-check",
         dest="check",

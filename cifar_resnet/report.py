@@ -347,14 +347,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "confusion matrix, per-class accuracy and the most confidently wrong test images.",
     )
     p.add_argument("run_dir", metavar="RUN_DIR")
-    # --data is optional here (cli._add_data_flags makes it required): without it, curves only.
-    p.add_argument(
-        "--data",
-        help="the data the run was trained on, to evaluate its newest "
+    # Without --data, curves only.
+    from .cli import add_data_flags
+
+    add_data_flags(
+        p,
+        required=False,
+        data_help="the data the run was trained on, to evaluate its newest "
         "checkpoint on the test split for the confusion matrix and error plots",
     )
-    p.add_argument("--data-dir", help="where cifar10/cifar100 are downloaded")
-    p.add_argument("--cache-dir", help="where decoded images are cached")
     p.set_defaults(func=run)
     return p
 

@@ -603,10 +603,7 @@ def plan_time_budget(
         t0 = time.perf_counter()
         evaluate(model, part, stepper.amp_dtype, num_classes, config.tta)
         eval_s += (time.perf_counter() - t0) * len(ev.labels) / len(part.labels)
-    step_s, eval_s = (
-        v / distributed.from_env().world_size
-        for v in distributed.all_sum([step_s, eval_s], stepper.device)
-    )
+    step_s, eval_s = distributed.all_mean([step_s, eval_s], stepper.device)
     spe = len(loader)
     elapsed = time.perf_counter() - started
     steps = solve_steps(
@@ -622,6 +619,38 @@ def plan_time_budget(
         f"{step_s * 1e3:.1f} ms/step, evaluation {eval_s:.1f}s, {elapsed:.1f}s spent before)"
     )
     return BudgetPlan(steps, step_s, eval_s, save_seconds)
+
+
+def replan_time_budget(
+    config: TrainConfig,
+    plan: BudgetPlan,
+    state: RunState,
+    epoch_steps: int,
+    spe: int,
+    total_steps: int,
+    started: float,
+    device: torch.device,
+) -> int | None:
+    """At the end of an epoch, the total steps that fit the budget at the speed this run
+    measured in that epoch, or None when the current plan is within 2% of it.
+
+    A probe timed while the machine was busier (or idler) than during the run would otherwise
+    miss the budget; the run's own step and evaluation times are the better estimate.
+    """
+    plan.step_s = distributed.all_mean([state.epoch_seconds / max(epoch_steps, 1)], device)[0]
+    left = solve_steps(
+        config.time_budget * 0.98 - (time.perf_counter() - started) - plan.save_s,
+        plan.step_s,
+        plan.eval_s,
+        plan.save_s,
+        spe,
+        config.eval_every,
+        state.epoch + 1,
+    )
+    replanned = state.step + max(left, 1)
+    if abs(replanned - total_steps) > 0.02 * (total_steps - state.step) + 1:
+        return replanned
+    return None
 
 
 def budget_schedule(config: TrainConfig, planned: int, spe: int) -> TrainConfig:
@@ -1015,28 +1044,15 @@ def _fit(
                     )
                     row.update(ema_test_loss=ema["loss"], ema_test_acc=ema["accuracy"])
             if plan is not None and evaluated:
-                plan.eval_s = distributed.all_sum([time.perf_counter() - eval_start], dev)[0] / (
-                    dist_info.world_size
-                )
+                plan.eval_s = distributed.all_mean([time.perf_counter() - eval_start], dev)[0]
             state.wall_seconds += time.perf_counter() - wall
-            # Check the plan against this run's own speed: a probe timed while the machine was
-            # busier (or idler) than during the run would miss the budget. (A GPU's first epoch
-            # holds cuDNN autotuning and graph capture: it is not the speed of the rest.)
+            # A GPU's first epoch holds cuDNN autotuning and graph capture: not the speed of
+            # the rest, so its plan is first checked after the second.
             if plan is not None and not last and not (dev.type == "cuda" and state.epoch == 0):
-                plan.step_s = distributed.all_sum(
-                    [state.epoch_seconds / max(epoch_steps, 1)], dev
-                )[0] / dist_info.world_size
-                left = solve_steps(
-                    config.time_budget * 0.98 - (time.perf_counter() - started) - plan.save_s,
-                    plan.step_s,
-                    plan.eval_s,
-                    plan.save_s,
-                    steps_per_epoch,
-                    config.eval_every,
-                    state.epoch + 1,
+                replanned = replan_time_budget(
+                    config, plan, state, epoch_steps, steps_per_epoch, total_steps, started, dev
                 )
-                replanned = state.step + max(left, 1)
-                if abs(replanned - total_steps) > 0.02 * (total_steps - state.step) + 1:
+                if replanned is not None:
                     if not quiet:
                         log(
                             f"time budget: {replanned} steps re-planned (was {total_steps}; "

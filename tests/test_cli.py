@@ -372,10 +372,20 @@ def test_tensorboard_missing_is_a_one_line_install_hint(tmp_path, monkeypatch):
         _tensorboard_writer(tmp_path)
 
 
-def test_no_progress_bar_in_logs_when_stdout_is_not_a_terminal(tiny_folder, tmp_path,
-                                                               cache_dir):
-    r = run("train", "--data", tiny_folder, "--out", tmp_path / "run", "--epochs", 2,
-            "--batch-size", 16, "--device", "cpu")
+def test_no_progress_bar_in_logs_when_stdout_is_not_a_terminal(tiny_folder, tmp_path, cache_dir):
+    r = run(
+        "train",
+        "--data",
+        tiny_folder,
+        "--out",
+        tmp_path / "run",
+        "--epochs",
+        2,
+        "--batch-size",
+        16,
+        "--device",
+        "cpu",
+    )
     assert r.returncode == 0, r.stderr
     assert "[2] Test Loss:" in r.stdout
     for stream in (r.stdout, r.stderr):

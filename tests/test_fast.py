@@ -22,8 +22,9 @@ from cifar_resnet.train import Lookahead, Stepper, make_optimizer, tta_logits
 
 
 def test_onecycle_start_and_end_factors_follow_airbench():
-    c = TrainConfig(schedule="onecycle", lr=2.0, warmup_fraction=0.25, lr_start_factor=0.2,
-                    lr_end_factor=0.07)  # fmt: skip
+    c = TrainConfig(
+        schedule="onecycle", lr=2.0, warmup_fraction=0.25, lr_start_factor=0.2, lr_end_factor=0.07
+    )
     total = 100
     lrs = [lr_at(c, s, 10, total) for s in range(total)]
     assert lrs[0] == pytest.approx(2.0 * (0.2 + 0.8 / 25))
@@ -36,8 +37,15 @@ def test_onecycle_start_and_end_factors_follow_airbench():
 def test_reflect_crop_equals_reflect_padding_then_crop():
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (16, 8, 8, 3), dtype=torch.uint8, generator=g)
-    loader = DeviceLoader(images, torch.zeros(16), 16, padding=2, pad_mode="reflect",
-                          mean=(0, 0, 0), std=(1 / 255,) * 3)  # fmt: skip
+    loader = DeviceLoader(
+        images,
+        torch.zeros(16),
+        16,
+        padding=2,
+        pad_mode="reflect",
+        mean=(0, 0, 0),
+        std=(1 / 255,) * 3,
+    )
     offsets = torch.randint(0, 5, (16, 2), generator=g)
     got = loader.augment(images, offsets, None)
     padded = F.pad(images.permute(0, 3, 1, 2).float(), (2, 2, 2, 2), mode="reflect")
@@ -46,13 +54,15 @@ def test_reflect_crop_equals_reflect_padding_then_crop():
 
 
 def test_alternating_flips_invert_every_epoch_and_start_random():
-    loader = DeviceLoader(torch.zeros(200, 4, 4, 3, dtype=torch.uint8), torch.zeros(200), 10,
-                          alt_flip=True, seed=3)  # fmt: skip
+    loader = DeviceLoader(
+        torch.zeros(200, 4, 4, 3, dtype=torch.uint8), torch.zeros(200), 10, alt_flip=True, seed=3
+    )
     f0, f1, f2 = (loader.epoch_plan(e)[2] for e in range(3))
     assert torch.equal(f1, ~f0) and torch.equal(f2, f0)
     assert 60 < int(f0.sum()) < 140  # a random half, not all or none
-    other = DeviceLoader(torch.zeros(200, 4, 4, 3, dtype=torch.uint8), torch.zeros(200), 10,
-                         alt_flip=True, seed=4)  # fmt: skip
+    other = DeviceLoader(
+        torch.zeros(200, 4, 4, 3, dtype=torch.uint8), torch.zeros(200), 10, alt_flip=True, seed=4
+    )
     assert not torch.equal(other.epoch_plan(0)[2], f0)
 
 
@@ -100,7 +110,9 @@ def test_optimizer_groups_scale_norm_lr_and_freeze_the_stem_bias():
 
 def test_tta_levels():
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(5))
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(5)
+    )
     x = torch.randn(2, 3, 8, 8)
     model(x)
     assert torch.equal(tta_logits(model, x, 0), model(x))
@@ -122,8 +134,16 @@ def test_fast_preset_has_cpu_values_that_flags_still_override():
     assert preset_config("seed", "cpu") == preset_config("seed")
 
 
-@pytest.mark.parametrize("bad", [dict(tta=3), dict(lookahead=-1), dict(pad_mode="wrap"),
-                                 dict(norm_lr_scale=0.0), dict(warmup_fraction=1.5)])  # fmt: skip
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(tta=3),
+        dict(lookahead=-1),
+        dict(pad_mode="wrap"),
+        dict(norm_lr_scale=0.0),
+        dict(warmup_fraction=1.5),
+    ],
+)
 def test_bad_fast_options_are_usage_errors(bad):
     from cifar_resnet.errors import UsageError
 
@@ -148,9 +168,23 @@ def data16(tmp_path_factory):
 def test_fast_preset_resumes_bitwise_mid_lookahead(data16, tmp_path, cache_dir):
     """Lookahead's slow weights, the stem-bias freeze and alternating flips survive a resume:
     a run continued from step 7 (between lookahead updates, before the freeze) ends equal."""
-    args = ["--preset", "fast", "--device", "cpu", "--batch-size", "8", "--epochs", "4",
-            "--deterministic", "--save-every-steps", "1", "--keep", "100", "--quiet",
-            "--no-report"]  # fmt: skip
+    args = [
+        "--preset",
+        "fast",
+        "--device",
+        "cpu",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "4",
+        "--deterministic",
+        "--save-every-steps",
+        "1",
+        "--keep",
+        "100",
+        "--quiet",
+        "--no-report",
+    ]
 
     def train(*extra):
         cmd = [sys.executable, "-m", "cifar_resnet", "train", "--data", str(data16), *extra]
@@ -172,8 +206,19 @@ def test_fast_preset_resumes_bitwise_mid_lookahead(data16, tmp_path, cache_dir):
 
     # `evaluate --tta 1` reproduces the run's own (mirror-TTA, the CPU preset's) figure.
     def evaluate(*extra):
-        cmd = [sys.executable, "-m", "cifar_resnet", "evaluate", str(full), "--data",
-               str(data16), "--device", "cpu", "--json", *extra]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "cifar_resnet",
+            "evaluate",
+            str(full),
+            "--data",
+            str(data16),
+            "--device",
+            "cpu",
+            "--json",
+            *extra,
+        ]
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr
         return json.loads(r.stdout)
@@ -196,8 +241,9 @@ def test_solve_steps_counts_evaluations_and_saves():
     assert solve_steps(53.0, 1.0, 1.0, 0.0, 10, 2, done_epochs=3) == 50
 
 
-def test_a_wrong_plan_is_corrected_by_the_runs_own_speed(tiny_folder, tmp_path, monkeypatch,
-                                                         cache_dir):  # fmt: skip
+def test_a_wrong_plan_is_corrected_by_the_runs_own_speed(
+    tiny_folder, tmp_path, monkeypatch, cache_dir
+):
     """A probe that saw a 3x slower machine plans a third of the steps; after epoch 1 the run
     re-plans from its measured speed, ends on the new plan and completes the decay."""
     from cifar_resnet import train
@@ -213,8 +259,13 @@ def test_a_wrong_plan_is_corrected_by_the_runs_own_speed(tiny_folder, tmp_path, 
     monkeypatch.setattr(train, "plan_time_budget", slow_probe)
     config = TrainConfig(time_budget=12.0, batch_size=8, schedule="onecycle", epochs=1000)
     logs = []
-    summary = train.fit(config, load_data(str(tiny_folder), progress=False), tmp_path / "run",
-                        device="cpu", log=logs.append)  # fmt: skip
+    summary = train.fit(
+        config,
+        load_data(str(tiny_folder), progress=False),
+        tmp_path / "run",
+        device="cpu",
+        log=logs.append,
+    )
     first = next(m for m in logs if "steps planned" in m)
     planned = int(first.split(": ")[1].split()[0]) // 3
     assert any("re-planned" in m for m in logs)
