@@ -6,8 +6,8 @@
     python bench/_ours_steps.py machine [--device cpu] [--matmul-size 1024]
 
 ``train`` runs cifar-resnet's own training loop (``cifar_resnet.train.train_one_epoch`` over
-a ``DeviceLoader``, ``Stepper`` and the optimizer built as ``cifar_resnet.train.fit`` builds
-them, seed preset, batch 128) for ``--warmup`` untimed steps, then ``--steps`` timed steps, and
+the loader and ``Stepper`` that ``cifar_resnet.train.build_trainer`` makes for ``fit``, seed
+preset, batch 128) for ``--warmup`` untimed steps, then ``--steps`` timed steps, and
 prints ``images/s: X`` last, as the reference program does. Data comes from
 ``cifar_resnet.data.load_data`` (set ``CIFAR_RESNET_CACHE`` to reuse the decoded arrays);
 loading is not timed, as the reference's dataset construction is not timed.
@@ -33,6 +33,7 @@ from cifar_resnet.train import (
     RunState,
     Stepper,
     Stop,
+    build_trainer,
     cpu_has_native_bf16,
     evaluate,
     make_optimizer,
@@ -91,32 +92,12 @@ def cmd_train(args) -> None:
     load_s = time.perf_counter() - t0
     seed_everything(config.seed)
     data = prepare_data(config, bundle)
-    loader = DeviceLoader(
-        data.train.images,
-        data.train.labels,
-        config.batch_size,
-        device=dev,
-        train=True,
-        padding=config.padding,
-        flip=config.flip,
-        mean=data.mean,
-        std=data.std,
-        seed=config.seed,
-        channels_last=channels_last,
-    )
-    model = create_model("seed", len(data.classes)).to(dev)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, config, dev)
-    # As fit() decides: the whole step is a CUDA graph on a GPU (single process).
-    use_graph = dev.type == "cuda" and not config.deterministic
-    graph_kw = {"cuda_graph": use_graph}
-    stepper = Stepper(
-        model, optimizer, amp_dtype, dev, config.label_smoothing, use_compile, **graph_kw
-    )
+    # fit()'s own set-up: the loader, model, optimizer and step (a CUDA graph on a GPU).
+    trainer = build_trainer(config, data, dev, amp_dtype, channels_last, use_compile)
+    loader, stepper = trainer.loader, trainer.stepper
     state = RunState()
     stop = Stop()  # never entered: no signal handlers; signum stays None
-    model.train()
+    trainer.model.train()
 
     def run_to(total_steps: int) -> float:
         """Train until ``state.step == total_steps`` (across epochs); returns the seconds."""
@@ -141,7 +122,7 @@ def cmd_train(args) -> None:
             "precision": str(amp_dtype or "fp32"),
             "channels_last": channels_last,
             "compile": use_compile,
-            "cuda_graph": bool(graph_kw.get("cuda_graph")),
+            "cuda_graph": stepper.cuda_graph,
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
             "warmup_steps": args.warmup,

@@ -7,10 +7,14 @@ test-time-augmentation level (0 none, 1 mirror, 2 mirror + translations) of the 
     python bench/tune_fast.py --data DIR --device cuda --stage cpu-scale   # fastnet-s trials
     python bench/tune_fast.py --data DIR --device cuda --stage gpu-scale   # fastnet trials
     python bench/tune_fast.py --data DIR --device cuda --stage test --seeds 0 1 2
+    python bench/tune_fast.py --data DIR --device cpu --stage cpu-budget  # 5-minute CPU runs
 
 On a GPU a fastnet-s trial stands in for a CPU run of the same length in epochs: the CPU's
 budget fixes the epochs (5 minutes ~ 3-4 epochs of fastnet-s on a 2-core CPU), the trial
 chooses the rest. "test" trains the preset unchanged on all training images, 3 seeds.
+"cpu-budget" runs the command line itself, one process per trial, under ``--budget`` (the
+CPU target's five minutes) on the validation split: what each setting reaches by the deadline
+on this machine, its speed included. Run it on a quiet machine.
 """
 
 from __future__ import annotations
@@ -88,6 +92,44 @@ TRIALS = {
 }
 
 
+# Flags over `--preset fast` on a CPU; each trial is `cifar-resnet train` under the budget.
+BUDGET_TRIALS = [
+    ("batch 512 lr 1.5 (first CPU values)", ["--batch-size", "512", "--lr", "1.5"]),
+    ("batch 256 lr 0.75", ["--batch-size", "256", "--lr", "0.75"]),
+    ("24/48/96 batch 256 lr 0.75", ["--model", "tune-xs", "--batch-size", "256", "--lr", "0.75"]),
+    ("batch 128 lr 0.375", ["--batch-size", "128", "--lr", "0.375"]),
+    ("batch 128 lr 0.5", ["--batch-size", "128", "--lr", "0.5"]),
+    ("batch 64 lr 0.1875", ["--batch-size", "64", "--lr", "0.1875"]),
+]
+
+
+def budget_trial(name, flags, args, seed):
+    """One `cifar-resnet train --preset fast --time-budget B --val-split V` in its own process."""
+    import json
+    import subprocess
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run"
+        cmd = [sys.executable, __file__, "cli", "train", "--data", args.data, "--out", str(out)]
+        cmd += ["--preset", "fast", "--device", args.device, "--time-budget", args.budget]
+        cmd += ["--val-split", str(args.val), "--seed", str(seed), "--no-report", "--quiet"]
+        t0 = time.perf_counter()
+        done = subprocess.run(cmd + flags, capture_output=True, text=True)
+        seconds = time.perf_counter() - t0
+        if done.returncode != 0:
+            raise SystemExit(f"{name}: exit {done.returncode}: {done.stderr.strip()[-300:]}")
+        summary = json.loads((out / "summary.json").read_text())
+    row = {
+        "trial": f"{name} seed {seed}",
+        "process_s": round(seconds, 1),
+        "run_s": round(summary["seconds"], 1),
+        "steps": summary["steps"],
+        "val_acc": round(summary["best_val_accuracy"], 2),  # one evaluation: at the end
+    }
+    print(row, flush=True)
+    return row
+
+
 def trial(name, config, bundle, device, val_loader=None):
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
@@ -118,7 +160,10 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--data", required=True)
     p.add_argument("--device", default="cuda")
-    p.add_argument("--stage", choices=("cpu-scale", "gpu-scale", "test"), required=True)
+    p.add_argument(
+        "--stage", choices=("cpu-scale", "gpu-scale", "test", "cpu-budget"), required=True
+    )
+    p.add_argument("--budget", default="5m", help="cpu-budget: each trial's --time-budget")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--only", nargs="*", help="run only trials whose name contains one of these")
     p.add_argument("--val", type=int, default=5000, help="validation images held out")
@@ -132,8 +177,14 @@ def main():
     )
     p.add_argument("--max-seconds", type=float, default=1e9, help="--test-best: time limit")
     args = p.parse_args()
-    bundle = load_data(args.data, progress=False)
     print(f"torch {torch.__version__}, {args.device}, stage {args.stage}, seeds {args.seeds}")
+    if args.stage == "cpu-budget":
+        for name, flags in BUDGET_TRIALS:
+            if not args.only or any(o in name for o in args.only):
+                for s in args.seeds:
+                    budget_trial(name, flags, args, s)
+        return
+    bundle = load_data(args.data, progress=False)
     if args.stage == "test":
         for s in args.seeds:
             base = GPU if args.device != "cpu" else CPU
@@ -182,4 +233,8 @@ def main():
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["cli"]:  # a budget trial's process: the command line, tune nets known
+        from cifar_resnet.cli import main as cli
+
+        sys.exit(cli(sys.argv[2:]))
     main()

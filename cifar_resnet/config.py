@@ -198,7 +198,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "_about": "time to accuracy, after airbench (Jordan 2024): whitened residual net, "
         "batch 1024, Nesterov SGD, label smoothing 0.2, warm-up then linear decay, "
         "lookahead, alternating flips, reflect-pad translations, flip+translate TTA; "
-        "on a CPU the smaller fastnet-s at batch 512. Tuned on a validation split "
+        "on a CPU the smaller fastnet-s at batch 128. Tuned on a validation split "
         "(bench/tune_fast.py)",
         "model": "fastnet",
         "epochs": 14,
@@ -222,10 +222,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "normalize": "dataset",
         "tta": 2,
         "eval_every": 0,
-        # A 2-core CPU trains fastnet at ~60 images/s: a small net gets further in minutes,
-        # and in 3-4 epochs a higher lr (per image 2x the GPU's) did better on validation.
-        # Applied when the run's device is a CPU, before --config and flags.
-        "_cpu": {"model": "fastnet-s", "batch_size": 512, "lr": 1.5, "epochs": 4, "tta": 1},
+        # A 2-core CPU trains fastnet at ~60 images/s: a small net gets further in minutes.
+        # Small batches run faster per image on a CPU (cache-sized activations) and gave more
+        # per minute on validation (5-minute budgets: batch 512 83.04%, 256 84.10%, 128
+        # 84.82%, 64 84.24%). Applied when the run's device is a CPU, before --config and flags.
+        "_cpu": {"model": "fastnet-s", "batch_size": 128, "lr": 0.5, "epochs": 5, "tta": 1},
     },
 }
 

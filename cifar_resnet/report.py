@@ -17,13 +17,16 @@ import csv
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .checkpoint import write_file_atomic
 from .errors import UsageError
 from .predict import require
+
+if TYPE_CHECKING:
+    from .data import DataBundle
 
 DPI = 100
 CURVES_SIZE = (15, 4.5)  # inches: 1500 x 450 pixels at DPI
@@ -176,7 +179,7 @@ def plot_wrong(
 
 def split_predictions(
     run_dir: str | os.PathLike,
-    data: str,
+    data: str | DataBundle,
     *,
     data_dir: str | None = None,
     cache_dir: str | None = None,
@@ -184,7 +187,8 @@ def split_predictions(
     """The newest checkpoint's class probabilities on the run's test images.
 
     The same images as ``cifar-resnet evaluate``: the test split, subset by the run's
-    ``limit_test`` and ``seed``. Evaluated in fp32 on the CPU.
+    ``limit_test`` and ``seed``. Evaluated in fp32 on the CPU. ``data`` is a dataset spec
+    or, straight after training, the run's already loaded ``DataBundle``.
     """
     from .checkpoint import resolve_checkpoint
     from .data import subset
@@ -194,7 +198,11 @@ def split_predictions(
 
     path, ckpt = resolve_checkpoint(run_dir)
     config = ckpt.get("config", {})
-    bundle = load_run_data(ckpt, data, data_dir=data_dir, cache_dir=cache_dir)
+    bundle = (
+        load_run_data(ckpt, data, data_dir=data_dir, cache_dir=cache_dir)
+        if isinstance(data, str)
+        else data
+    )
     if list(bundle.classes) != list(ckpt["classes"]):
         raise DataError(
             f"the data's classes {bundle.classes[:4]}... differ from the "
@@ -238,7 +246,7 @@ def _parameters(run: dict[str, Any], summary: dict[str, Any]) -> int | None:
 
 def write_report(
     run_dir: str | os.PathLike,
-    data: str | None = None,
+    data: str | DataBundle | None = None,
     *,
     data_dir: str | None = None,
     cache_dir: str | None = None,

@@ -16,7 +16,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -705,6 +705,88 @@ def prepare_data(config: TrainConfig, bundle: DataBundle) -> Prepared:
     return Prepared(train, val, test, list(bundle.classes), tuple(mean), tuple(std))
 
 
+class Trainer(NamedTuple):
+    """What one training step needs: the loader, the model, its optimizer, the step."""
+
+    loader: DeviceLoader
+    model: torch.nn.Module  # unwrapped (the stepper may hold a DDP or SyncBN wrapper)
+    optimizer: torch.optim.Optimizer
+    stepper: Stepper
+
+
+def build_trainer(
+    config: TrainConfig,
+    data: Prepared,
+    dev: torch.device,
+    amp_dtype: torch.dtype | None,
+    channels_last: bool,
+    use_compile: bool,
+    dist_info: distributed.DistInfo | None = None,
+    resume: dict[str, Any] | None = None,
+) -> Trainer:
+    """The training loader, model, optimizer and ``Stepper`` as ``fit`` trains them, with
+    ``resume``'s weights, optimizer, lookahead and EMA state loaded (not its RNG or counters)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    dist_info = dist_info or distributed.DistInfo()  # single process
+    loader = DeviceLoader(
+        data.train.images,
+        data.train.labels,
+        config.batch_size,
+        device=dev,
+        train=True,
+        padding=config.padding,
+        pad_mode=config.pad_mode,
+        flip=config.flip,
+        alt_flip=config.alt_flip,
+        mean=data.mean,
+        std=data.std,
+        seed=config.seed,
+        channels_last=channels_last,
+        rank=dist_info.rank,
+        world_size=dist_info.world_size,
+    )
+    model = create_model(model_name(config), len(data.classes)).to(dev)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if hasattr(model, "init_whitening") and resume is None:
+        # The stem whitens 2x2 patches of (up to) 5000 unaugmented training images.
+        model.init_whitening(loader.augment(loader.images[:5000]))
+    optimizer = make_optimizer(model, config, dev)
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+    train_model = model
+    if dist_info.enabled:
+        if config.sync_bn:
+            train_model = distributed.convert_sync_batchnorm(train_model, dev)
+        train_model = DistributedDataParallel(
+            train_model, device_ids=[dev.index] if dev.type == "cuda" else None
+        )
+    # DDP's gradient all-reduce is not captured into the graph here: graphs are single-process.
+    use_graph = dev.type == "cuda" and not config.deterministic and not dist_info.enabled
+    stepper = Stepper(
+        train_model,
+        optimizer,
+        amp_dtype,
+        dev,
+        config.label_smoothing,
+        use_compile,
+        cuda_graph=use_graph,
+    )
+    if config.lookahead:
+        stepper.lookahead = Lookahead(model, config.lookahead)
+        if resume is not None:
+            stepper.lookahead.load_state_dict(resume["lookahead"])
+    if config.ema:
+        stepper.ema = make_ema(model, config.ema)
+        if resume is not None and "ema" in resume:
+            stepper.ema.module.load_state_dict(resume["ema"])
+            stepper.ema.n_averaged.fill_(resume["ema_n_averaged"])
+            stepper.ema._started = True
+    return Trainer(loader, model, optimizer, stepper)
+
+
 def _write_text_atomic(path: Path, text: str) -> None:
     ckpt_io.write_file_atomic(path, lambda tmp: tmp.write_text(text))
 
@@ -790,8 +872,6 @@ def fit(
 def _fit(
     config, bundle, out, preset, dev, resume, quiet, progress, log, dist_info, started, tensorboard
 ):
-    from torch.nn.parallel import DistributedDataParallel
-
     amp_dtype = resolve_precision(config.precision, dev)
     channels_last = resolve_channels_last(config.channels_last)
     use_compile = resolve_compile(config.compile)
@@ -814,23 +894,6 @@ def _fit(
     if resume is not None:
         data.mean, data.std = tuple(resume["mean"]), tuple(resume["std"])
     n_train = len(data.train.labels)
-    loader = DeviceLoader(
-        data.train.images,
-        data.train.labels,
-        config.batch_size,
-        device=dev,
-        train=True,
-        padding=config.padding,
-        pad_mode=config.pad_mode,
-        flip=config.flip,
-        alt_flip=config.alt_flip,
-        mean=data.mean,
-        std=data.std,
-        seed=config.seed,
-        channels_last=channels_last,
-        rank=dist_info.rank,
-        world_size=dist_info.world_size,
-    )
     eval_kw = dict(
         device=dev,
         train=False,
@@ -848,49 +911,15 @@ def _fit(
         val_loader = DeviceLoader(
             data.val.images, data.val.labels, config.eval_batch_size, **eval_kw
         )
-
-    model = create_model(model_name(config), len(data.classes)).to(dev)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if hasattr(model, "init_whitening") and resume is None:
-        # The stem whitens 2x2 patches of (up to) 5000 unaugmented training images.
-        model.init_whitening(loader.augment(loader.images[:5000]))
-    optimizer = make_optimizer(model, config, dev)
+    loader, model, optimizer, stepper = build_trainer(
+        config, data, dev, amp_dtype, channels_last, use_compile, dist_info, resume
+    )
     state = RunState()
     if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
         state = RunState(**resume["state"])
         ckpt_io.set_rng_state(resume["rng"])
         loader.set_epoch(state.epoch)  # the resumed epoch's order, crops and flips
-    train_model = model
-    if dist_info.enabled:
-        if config.sync_bn:
-            train_model = distributed.convert_sync_batchnorm(train_model, dev)
-        train_model = DistributedDataParallel(
-            train_model, device_ids=[dev.index] if dev.type == "cuda" else None
-        )
-    # DDP's gradient all-reduce is not captured into the graph here: graphs are single-process.
-    use_graph = dev.type == "cuda" and not config.deterministic and not dist_info.enabled
-    stepper = Stepper(
-        train_model,
-        optimizer,
-        amp_dtype,
-        dev,
-        config.label_smoothing,
-        use_compile,
-        cuda_graph=use_graph,
-    )
-    if config.lookahead:
-        stepper.lookahead = Lookahead(model, config.lookahead)
-        if resume is not None:
-            stepper.lookahead.load_state_dict(resume["lookahead"])
-    if config.ema:
-        stepper.ema = make_ema(model, config.ema)
-        if resume is not None and "ema" in resume:
-            stepper.ema.module.load_state_dict(resume["ema"])
-            stepper.ema.n_averaged.fill_(resume["ema_n_averaged"])
-            stepper.ema._started = True
+    use_graph = stepper.cuda_graph
     writer = _tensorboard_writer(out) if tensorboard and main else None
 
     steps_per_epoch = len(loader)
