@@ -5,12 +5,13 @@
     python bench/_ours_steps.py eval    --data DIR [--device cpu] ...
     python bench/_ours_steps.py machine [--device cpu] [--matmul-size 1024]
 
-``train`` runs cifar-resnet's own training loop (``cifar_resnet.train.train_one_epoch`` over
-the loader and ``Stepper`` that ``cifar_resnet.train.build_trainer`` makes for ``fit``, seed
-preset, batch 128) for ``--warmup`` untimed steps, then ``--steps`` timed steps, and
-prints ``images/s: X`` last, as the reference program does. Data comes from
-``cifar_resnet.data.load_data`` (set ``CIFAR_RESNET_CACHE`` to reuse the decoded arrays);
-loading is not timed, as the reference's dataset construction is not timed.
+``train`` runs cifar-resnet's own training steps (``cifar_resnet.trainer.iter_steps`` over the
+trainer that ``cifar_resnet.trainer.build_trainer`` makes for ``fit``: its loader, model,
+optimizer and step, a CUDA graph on a GPU; seed preset, batch 128) for ``--warmup`` untimed
+steps, then ``--steps`` timed steps, and prints ``images/s: X`` last, as the reference
+program does. Data comes from ``cifar_resnet.data.load_data`` (set ``CIFAR_RESNET_CACHE`` to
+reuse the decoded arrays) and ``run_splits``; loading is not timed, as the reference's
+dataset construction is not timed.
 
 Every mode prints one line ``RESULT {json}`` before exiting.
 """
@@ -18,6 +19,7 @@ Every mode prints one line ``RESULT {json}`` before exiting.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -25,26 +27,18 @@ import time
 
 import torch
 
-from cifar_resnet.config import preset_config
-from cifar_resnet.loader import DeviceLoader
+from cifar_resnet.config import TrainConfig, preset_config
+from cifar_resnet.data import ArraySplit, DataBundle, load_data, splits_for
+from cifar_resnet.evaluate import evaluate
+from cifar_resnet.loader import eval_loader
 from cifar_resnet.models import create_model
-from cifar_resnet.train import (
-    HALF,
-    RunState,
-    Stepper,
-    Stop,
-    build_trainer,
-    cpu_has_native_bf16,
-    evaluate,
-    make_optimizer,
-    prepare_data,
-    resolve_channels_last,
-    resolve_compile,
+from cifar_resnet.runtime import (
     resolve_device,
     resolve_precision,
+    resolve_runtime,
     seed_everything,
-    train_one_epoch,
 )
+from cifar_resnet.trainer import Trainer, build_trainer, iter_steps, train_step
 
 BATCH = 128
 
@@ -55,74 +49,67 @@ def sync(dev: torch.device) -> None:
 
 
 def native_bf16(dev: torch.device) -> bool:
-    if dev.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return cpu_has_native_bf16()
+    """Whether precision ``auto`` picks bf16 here: the package's own test."""
+    return resolve_precision("auto", dev) is not None
 
 
 def emit(result: dict) -> None:
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def seed_config(args):
+def seed_config(args, **switches) -> TrainConfig:
     """The seed preset (batch 128), with the precision/layout/compile switches of the run."""
-    config = preset_config("seed")
-    config.batch_size = BATCH
-    config.precision = args.precision
-    config.channels_last = args.channels_last
-    config.compile = args.compile
-    return config.validate()
+    config = dataclasses.replace(
+        preset_config("seed"),
+        batch_size=BATCH,
+        precision=args.precision,
+        channels_last=args.channels_last,
+        compile=args.compile,
+    )
+    return dataclasses.replace(config, **switches).validate()
+
+
+def set_up(config: TrainConfig, bundle: DataBundle, dev: torch.device):
+    """fit()'s own set-up: runtime, seeds, the run's images, the trainer."""
+    runtime = resolve_runtime(config, dev, distributed=False)
+    seed_everything(config.seed)
+    splits = splits_for(bundle, config)
+    return runtime, splits, build_trainer(config, splits, runtime)
 
 
 # ----------------------------------------------------------------------------- train
 
 
 def cmd_train(args) -> None:
-    from cifar_resnet.data import load_data
-
     dev = resolve_device(args.device)
     config = seed_config(args)
-    amp_dtype = resolve_precision(config.precision, dev)
-    channels_last = resolve_channels_last(config.channels_last)
-    use_compile = resolve_compile(config.compile)
-    if dev.type == "cuda":
-        torch.backends.cudnn.benchmark = True
     t0 = time.perf_counter()
     bundle = load_data(args.data)
     load_s = time.perf_counter() - t0
-    seed_everything(config.seed)
-    data = prepare_data(config, bundle)
-    # fit()'s own set-up: the loader, model, optimizer and step (a CUDA graph on a GPU).
-    trainer = build_trainer(config, data, dev, amp_dtype, channels_last, use_compile)
-    loader, stepper = trainer.loader, trainer.stepper
-    state = RunState()
-    stop = Stop()  # never entered: no signal handlers; signum stays None
+    runtime, splits, trainer = set_up(config, bundle, dev)
     trainer.model.train()
-
-    def run_to(total_steps: int) -> float:
-        """Train until ``state.step == total_steps`` (across epochs); returns the seconds."""
-        start = time.perf_counter()
-        while state.step < total_steps:
-            train_one_epoch(stepper, loader, state, config, total_steps, stop)
-            if state.epoch_step >= len(loader):  # epoch finished: next one, as fit() does
-                state.epoch += 1
-                state.epoch_step, state.epoch_sums, state.epoch_seconds = 0, [0.0, 0.0, 0.0], 0.0
-                loader.set_epoch(state.epoch)
-        sync(dev)
-        return time.perf_counter() - start
-
-    warm_s = run_to(args.warmup)
-    timed_s = run_to(args.warmup + args.steps)
+    total = args.warmup + args.steps
+    start = mark = time.perf_counter()
+    warm_s = 0.0
+    for done in iter_steps(trainer, config, total):  # fit's steps, epoch after epoch
+        if done == args.warmup:
+            sync(dev)
+            mark = time.perf_counter()
+            warm_s = mark - start
+        if done >= total:
+            break
+    sync(dev)
+    timed_s = time.perf_counter() - mark
     ips = args.steps * BATCH / timed_s
-    cold_ips = (args.warmup + args.steps) * BATCH / (warm_s + timed_s)
+    cold_ips = total * BATCH / (warm_s + timed_s)
     emit(
         {
             "mode": "train",
             "device": str(dev),
-            "precision": str(amp_dtype or "fp32"),
-            "channels_last": channels_last,
-            "compile": use_compile,
-            "cuda_graph": stepper.cuda_graph,
+            "precision": str(runtime.amp_dtype or "fp32"),
+            "channels_last": runtime.channels_last,
+            "compile": runtime.compile,
+            "cuda_graph": trainer.stepper.cuda_graph,
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
             "warmup_steps": args.warmup,
@@ -132,7 +119,8 @@ def cmd_train(args) -> None:
             "images_per_s": ips,
             "cold_images_per_s": cold_ips,
             "load_s": load_s,
-            "train_loss": state.epoch_sums[0] / max(state.epoch_sums[2], 1),
+            "train_images": len(splits.train),
+            "train_loss": float(trainer.stepper.loss_sum) / (total * BATCH),
         }
     )
     print(f"images/s: {ips:.1f}", flush=True)
@@ -141,17 +129,28 @@ def cmd_train(args) -> None:
 # ----------------------------------------------------------------------------- ceiling
 
 
-def time_steps(stepper: Stepper, x, y, dev, warmup: int, steps: int, repeats: int) -> dict:
+def synthetic_bundle(n: int, classes: int = 10) -> DataBundle:
+    """``n`` random 32x32 images per split, for the fixed in-memory batch of the ceiling."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 32, 32, 3), generator=g, dtype=torch.uint8).numpy()
+    labels = torch.arange(n) % classes
+    split = ArraySplit(images, labels.numpy())
+    return DataBundle(split, split, [str(c) for c in range(classes)], "synthetic")
+
+
+def time_steps(trainer: Trainer, x, y, dev, warmup: int, steps: int, repeats: int) -> dict:
+    """``train_step`` on one fixed batch: warm-up, then ``repeats`` timings of ``steps``."""
+    total = warmup + steps * repeats
     t0 = time.perf_counter()
-    for _ in range(warmup):
-        stepper.step(x, y, 0.1)
+    for i in range(warmup):
+        train_step(trainer, x, y, 0.1, i, total)
     sync(dev)
     warm_s = time.perf_counter() - t0
     rates = []
-    for _ in range(repeats):
+    for r in range(repeats):
         start = time.perf_counter()
-        for _ in range(steps):
-            stepper.step(x, y, 0.1)
+        for i in range(steps):
+            train_step(trainer, x, y, 0.1, warmup + r * steps + i, total)
         sync(dev)
         rates.append(steps * x.shape[0] / (time.perf_counter() - start))
     return {
@@ -163,39 +162,35 @@ def time_steps(stepper: Stepper, x, y, dev, warmup: int, steps: int, repeats: in
     }
 
 
+def ceiling_variants(args) -> list[tuple[str, str, bool]]:
+    layouts = ("contiguous", "channels_last")
+    variants = [(prec, layout, False) for prec in ("fp32", "bf16") for layout in layouts]
+    if not args.no_compile:
+        variants += [("fp32", layout, True) for layout in args.compile_layouts]
+    return variants
+
+
 def cmd_ceiling(args) -> None:
     dev = resolve_device(args.device)
-    if dev.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    config = seed_config(args)
-    g = torch.Generator().manual_seed(0)
-    x0 = torch.randn(BATCH, 3, 32, 32, generator=g).to(dev)
-    y = torch.randint(0, 10, (BATCH,), generator=g).to(dev)
+    bundle = synthetic_bundle(BATCH)
     bf16_native = native_bf16(dev)
-    variants = []
-    for prec in ("fp32", "bf16"):
-        for layout in ("contiguous", "channels_last"):
-            variants.append((prec, layout, False))
-    if not args.no_compile:
-        for layout in args.compile_layouts:
-            variants.append(("fp32", layout, True))
     rows = []
-    for prec, layout, comp in variants:
-        torch.manual_seed(0)
-        cl = layout == "channels_last"
-        model = create_model("seed", 10).to(dev)
-        x = x0
-        if cl:
-            model = model.to(memory_format=torch.channels_last)
-            x = x0.contiguous(memory_format=torch.channels_last)
-        model.train()
-        amp = torch.bfloat16 if prec == "bf16" else None
-        stepper = Stepper(model, make_optimizer(model, config, dev), amp, dev, 0.0, comp)
+    for prec, layout, comp in ceiling_variants(args):
+        config = seed_config(
+            args,
+            precision=prec,
+            channels_last="on" if layout == "channels_last" else "off",
+            compile="on" if comp else "off",
+        )
+        _, _, trainer = set_up(config, bundle, dev)
+        trainer.model.train()
+        x, y = next(iter(trainer.loader))  # one batch, made once: no loader in the timing
         slow = prec == "bf16" and not bf16_native
         steps = args.bf16_steps if slow else args.steps
         warmup = 1 if slow else args.warmup
-        r = time_steps(stepper, x, y, dev, warmup, steps, args.repeats)
-        r.update(precision=prec, layout=layout, compile=comp, emulated_bf16=slow)
+        r = time_steps(trainer, x, y, dev, warmup, steps, args.repeats)
+        graph = trainer.stepper.graph is not None
+        r.update(precision=prec, layout=layout, compile=comp, emulated_bf16=slow, cuda_graph=graph)
         rows.append(r)
         print(
             f"  ceiling {prec} {layout} compile={'on' if comp else 'off'}: "
@@ -218,37 +213,29 @@ def cmd_ceiling(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from cifar_resnet.data import load_data
-
     dev = resolve_device(args.device)
     config = seed_config(args)
-    amp_dtype = resolve_precision(config.precision, dev)
-    channels_last = resolve_channels_last(config.channels_last)
-    bundle = load_data(args.data)
-    test = bundle.test
-    kw = dict(device=dev, train=False, mean=HALF[0], std=HALF[1], channels_last=channels_last)
-    loader = DeviceLoader(test.images, test.labels, config.eval_batch_size, **kw)
-    nb = config.eval_batch_size
-    warm = DeviceLoader(test.images[:nb], test.labels[:nb], nb, **kw)
-    torch.manual_seed(0)
-    model = create_model("seed", len(bundle.classes)).to(dev)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    evaluate(model, warm, amp_dtype, len(bundle.classes))
+    runtime, splits, trainer = set_up(config, load_data(args.data), dev)
+    model, test, nb = trainer.model, splits.test, config.eval_batch_size
+    kw = dict(mean=splits.mean, std=splits.std, device=dev, channels_last=runtime.channels_last)
+    loader = eval_loader(test.images, test.labels, nb, **kw)
+    warm = eval_loader(test.images[:nb], test.labels[:nb], nb, **kw)
+    figures = dict(num_classes=len(splits.classes), amp_dtype=runtime.amp_dtype)
+    evaluate(model, warm, **figures)
     sync(dev)
     rates = []
     for _ in range(args.repeats):
         start = time.perf_counter()
-        result = evaluate(model, loader, amp_dtype, len(bundle.classes))
+        result = evaluate(model, loader, **figures)
         sync(dev)
         rates.append(result["count"] / (time.perf_counter() - start))
     emit(
         {
             "mode": "eval",
             "device": str(dev),
-            "precision": str(amp_dtype or "fp32"),
-            "channels_last": channels_last,
-            "eval_batch_size": config.eval_batch_size,
+            "precision": str(runtime.amp_dtype or "fp32"),
+            "channels_last": runtime.channels_last,
+            "eval_batch_size": nb,
             "images": len(test.labels),
             "images_per_s": statistics.median(rates),
             "all": rates,

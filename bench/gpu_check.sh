@@ -13,7 +13,8 @@
 # The device machine gets only the repository, so the data travels packed:
 #   python bench/pack_data.py pack ../shared/data/cifar10-jpeg .gpudata/cifar10-jpeg.npz
 #   cp ../shared/reference/seed_reference.py .gpudata/
-# and the run names .gpudata in `carry`. Logs go to $OUT (or /tmp/gpu-check).
+# and the run names .gpudata in `carry`. Logs go to $OUT (or /tmp/gpu-check). Run folders under
+# /tmp are replaced (--overwrite): a second call on a still-warm machine starts them afresh.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu-check}
@@ -49,8 +50,8 @@ fi
 if has accuracy; then
   log "accuracy: fp32 vs bf16, 15 epochs, StepLR step 5, 2 seeds"
   for p in fp32 bf16; do for s in 0 1; do
-    python3 -m cifar_resnet train --data $DATA --out /tmp/acc-$p-$s --device cuda --epochs 15 \
-      --lr-step 5 --precision $p --seed $s --quiet $EXTRA | tail -1 \
+    python3 -m cifar_resnet train --data $DATA --out /tmp/acc-$p-$s --overwrite --device cuda \
+      --epochs 15 --lr-step 5 --precision $p --seed $s --quiet $EXTRA | tail -1 \
       | python3 -c "import json,sys; d=json.load(sys.stdin); print('$p seed $s:', d['test_accuracy'], 'train s', round(d['train_seconds'],1))" \
       | tee -a "$OUT/accuracy.log"
   done; done
@@ -66,7 +67,8 @@ if has seed; then
   [ -f /tmp/best_flags ] && EXTRA="$EXTRA $(cat /tmp/best_flags)"
   log "full seed recipe $EXTRA"
   start=$(date +%s%N)
-  python3 -m cifar_resnet train --data $DATA --out /tmp/run-seed --device cuda $EXTRA 2>&1 \
+  python3 -m cifar_resnet train --data $DATA --out /tmp/run-seed --overwrite --device cuda \
+    $EXTRA 2>&1 \
     | tee "$OUT/seed-train.log" | awk 'NR<=3 || /^\[(50|100|150|200|250|300)\]/ || !/^\[/'
   end=$(date +%s%N)
   echo "seed recipe wall time (process start to exit, data cached): $(( (end - start) / 1000000 )) ms" \
@@ -77,8 +79,8 @@ if has fast; then
   log "fast preset, 3 seeds"
   for s in 0 1 2; do
     start=$(date +%s%N)
-    python3 -m cifar_resnet train --preset fast --data $DATA --out /tmp/fast-$s --device cuda \
-      --seed $s --quiet --no-report $EXTRA > /tmp/fast-$s.json
+    python3 -m cifar_resnet train --preset fast --data $DATA --out /tmp/fast-$s --overwrite \
+      --device cuda --seed $s --quiet --no-report $EXTRA > /tmp/fast-$s.json
     end=$(date +%s%N)
     python3 - /tmp/fast-$s <<PY | tee -a "$OUT/fast.log"
 import csv, json, statistics, sys

@@ -6,6 +6,7 @@ fast preset's CPU net.
 """
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -17,7 +18,9 @@ import torch  # noqa: E402
 
 from cifar_resnet.config import preset_config  # noqa: E402
 from cifar_resnet.models import FastNet, count_parameters, create_model  # noqa: E402
-from cifar_resnet.train import Stepper, make_optimizer  # noqa: E402
+from cifar_resnet.optim import make_optimizer, set_lr  # noqa: E402
+from cifar_resnet.runtime import resolve_device, resolve_runtime  # noqa: E402
+from cifar_resnet.step import Stepper  # noqa: E402
 
 
 def main():
@@ -33,17 +36,21 @@ def main():
         "fastnet": create_model("fastnet"),
     }
     config = preset_config("fast", "cpu")
-    dev = torch.device("cpu")
+    switches = dict(precision="fp32", channels_last="on", compile="off")
+    runtime = resolve_runtime(dataclasses.replace(config, **switches), resolve_device("cpu"), False)
+    dev = runtime.device
     for name, model in nets.items():
         model = model.to(memory_format=torch.channels_last).train()
-        stepper = Stepper(model, make_optimizer(model, config, dev), None, dev)
+        stepper = Stepper(model, make_optimizer(model, config, dev), runtime)
         x = torch.randn(args.batch_size, 3, 32, 32).to(memory_format=torch.channels_last)
         y = torch.randint(0, 10, (args.batch_size,))
-        for i in range(2):
-            stepper.step(x, y, 1e-3, i, 1000)
+        for i in range(2):  # untimed; the lr is set before each step, as training sets it
+            set_lr(stepper.optimizer, 1e-3, i, 1000)
+            stepper.step(x, y)
         t0 = time.perf_counter()
-        for i in range(args.steps):
-            stepper.step(x, y, 1e-3, i + 2, 1000)
+        for i in range(2, 2 + args.steps):
+            set_lr(stepper.optimizer, 1e-3, i, 1000)
+            stepper.step(x, y)
         rate = args.steps * args.batch_size / (time.perf_counter() - t0)
         print(f"{name:28s} {count_parameters(model):>10,d} params  {rate:7.1f} images/s")
 

@@ -15,7 +15,7 @@ One run, same device, data, model (``seed``) and batch size (128):
    process; prints each median and the ratio ours / reference;
 2. the step-only ceiling: a fixed in-memory batch, no loader, for fp32/bf16 x
    contiguous/channels_last, and fp32 with torch.compile;
-3. the evaluation pass (cifar_resnet.train.evaluate, 10k test images, batch 1000);
+3. the evaluation pass (cifar_resnet.evaluate.evaluate, 10k test images, batch 1000);
 4. the machine: CPU/GPU model, cores, torch version, threads, native bf16, 1024x1024 matmul
    GFLOP/s, and the fraction of the fp32 matmul rate a training step reaches.
 """
@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -87,7 +88,26 @@ def result(stdout: str, label: str) -> dict:
     sys.exit(f"{label}: no RESULT line:\n{stdout[-2000:]}")
 
 
-def main(argv=None) -> int:
+@dataclass
+class Bench:
+    """What every stage shares: the arguments, the interpreter, the environments, the
+    worker's flags, and the results written by ``--json``."""
+
+    args: argparse.Namespace
+    py: str
+    env: dict[str, str]
+    ref_env: dict[str, str]
+    common: list[str]
+    ours_flags: list[str]
+    out: dict = field(default_factory=dict)
+
+    def worker(self, mode: str, *flags: str) -> dict:
+        """Run bench/_ours_steps.py MODE with ``flags``; return its RESULT."""
+        cmd = [self.py, str(WORKER), mode, *flags]
+        return result(run(cmd, self.env, mode, self.args.timeout)[0], mode)
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Seed reference vs cifar-resnet training throughput.")
     p.add_argument("--data", required=True, help="image folder DIR/train/<cls>, DIR/test/<cls>")
     p.add_argument("--steps", type=int, default=60, help="timed training steps per run")
@@ -109,7 +129,7 @@ def main(argv=None) -> int:
         "(the first is the one the ratio uses; default 0, the reference's own)",
     )
     p.add_argument("--warmup", type=int, default=3, help="ours: untimed steps before timing")
-    p.add_argument("--precision", default="auto", help="ours: auto|fp32|bf16|fp16")
+    p.add_argument("--precision", default="auto", help="ours: auto|fp32|bf16")
     p.add_argument("--channels-last", default="auto", help="ours: auto|on|off")
     p.add_argument("--compile", default="auto", help="ours: auto|on|off")
     p.add_argument("--ceiling-steps", type=int, default=10, help="steps per ceiling timing")
@@ -135,34 +155,25 @@ def main(argv=None) -> int:
     )
     p.add_argument("--json", help="also write all results to this file")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per subprocess")
-    args = p.parse_args(argv)
-    if args.repeats < 1 or args.steps < 1:
-        p.error("--steps and --repeats must be positive")
+    return p
 
-    import torch  # after argument parsing: --help stays fast
 
-    py = sys.executable
+def make_bench(args: argparse.Namespace) -> Bench:
     env = dict(os.environ, CIFAR_RESNET_CACHE=args.cache, PYTHONUNBUFFERED="1")
     ref_env = dict(env)
     if args.device == "cpu":
         ref_env["CUDA_VISIBLE_DEVICES"] = ""  # the reference picks CUDA whenever it sees one
-    if args.device == "cuda" and not torch.cuda.is_available():
-        sys.exit("--device cuda: no CUDA GPU visible to this torch build")
     common = ["--device", args.device, "--threads", str(args.threads)]
-    ours_flags = [
-        "--precision",
-        args.precision,
-        "--channels-last",
-        args.channels_last,
-        "--compile",
-        args.compile,
-    ]
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    out: dict = {"args": vars(args)}
+    ours_flags = ["--precision", args.precision, "--channels-last", args.channels_last]
+    ours_flags += ["--compile", args.compile]
+    return Bench(args, sys.executable, env, ref_env, common, ours_flags, {"args": vars(args)})
 
-    # ------------------------------------------------------------------ header
-    t_start = time.perf_counter()
+
+# ----------------------------------------------------------------------------- header
+
+
+def print_header(b: Bench, torch) -> None:
+    args = b.args
     print("=" * 78)
     print("cifar-resnet vs seed reference: training throughput")
     print("=" * 78)
@@ -174,7 +185,7 @@ def main(argv=None) -> int:
     )
     if args.device == "cuda":
         print(f"gpu             {torch.cuda.get_device_name(0)}")
-    print(f"python          {platform.python_version()}  ({py})")
+    print(f"python          {platform.python_version()}  ({b.py})")
     print(f"torch           {torch.__version__} (both programs, this environment)")
     try:
         import torchvision
@@ -194,250 +205,241 @@ def main(argv=None) -> int:
     )
     print(f"data            {args.data}; model seed; batch 128")
 
-    # ------------------------------------------------------------------ machine
-    if "machine" not in args.skip:
-        mach = result(
-            run([py, str(WORKER), "machine", *common], env, "machine", args.timeout)[0], "machine"
-        )
-        out["machine"] = mach
+
+# ----------------------------------------------------------------------------- machine
+
+
+def stage_machine(b: Bench) -> None:
+    mach = b.out["machine"] = b.worker("machine", *b.common)
+    cuda = b.args.device == "cuda"
+    print(
+        f"native bf16     {'yes' if mach['native_bf16'] else 'no'}"
+        f"{'' if mach['native_bf16'] or cuda else ' (oneDNN emulates it)'}"
+    )
+    print(
+        f"matmul {mach['matmul_size']}^2   fp32 {mach['matmul_fp32_gflops']:.1f} GFLOP/s, "
+        f"bf16 {mach['matmul_bf16_gflops']:.1f} GFLOP/s"
+    )
+    print(
+        f"seed model      {mach['forward_macs_per_image'] / 1e6:.2f} M forward conv+linear "
+        f"MACs/image -> {mach['train_flops_per_image'] / 1e6:.1f} MFLOP/image per training "
+        "step (2 x MACs x 3 for forward+backward)"
+    )
+
+
+# ----------------------------------------------------------------------------- A/B
+
+
+def print_ab_plan(args: argparse.Namespace) -> None:
+    print("-" * 78)
+    print(
+        f"A/B: {args.steps} training steps per run, {args.repeats} rounds, each run a fresh process"
+    )
+    print(
+        f"  reference: {args.reference} --epochs 1 --max-steps {args.steps} --no-eval --workers W"
+    )
+    print(
+        "             its own images/s: timed over its train() loop from the first step "
+        "(no warm-up),"
+    )
+    print(
+        "             torchvision DataLoader decoding the JPEGs with PIL each step "
+        "(workers 0 = in the training process)"
+    )
+    print(
+        f"  ours:      bench/_ours_steps.py train: cifar_resnet.trainer.iter_steps, "
+        f"{args.warmup} untimed warm-up steps,"
+    )
+    print(
+        f"             then {args.steps} timed steps including the DeviceLoader "
+        "(arrays decoded once, from the cache; loading untimed);"
+    )
+    print(
+        "             'cold' = all warm-up + timed steps from the first, as the reference "
+        "times itself"
+    )
+
+
+def warm_cache(b: Bench) -> None:
+    """Decode the data into cifar-resnet's cache (the first decode takes tens of seconds)."""
+    t0 = time.perf_counter()
+    code = "import sys; from cifar_resnet.data import load_data; load_data(sys.argv[1])"
+    run([b.py, "-c", code, b.args.data], b.env, "cache warm-up", b.args.timeout)
+    print(
+        f"  (cifar-resnet decode cache {b.args.cache} ready in "
+        f"{time.perf_counter() - t0:.1f}s; untimed)"
+    )
+
+
+def reference_run(b: Bench, rnd: int, workers: int) -> float:
+    args = b.args
+    cmd = [b.py, args.reference, "--data", args.data, "--epochs", "1"]
+    cmd += ["--max-steps", str(args.steps), "--no-eval", "--workers", str(workers)]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    stdout, wall = run(cmd, b.ref_env, "reference", args.timeout)
+    ips = last_ips(stdout, "reference")
+    print(
+        f"  round {rnd}  A reference (workers {workers}): {ips:8.1f} images/s   "
+        f"(process {wall:5.1f}s, load {loadavg()})",
+        flush=True,
+    )
+    return ips
+
+
+def ours_run(b: Bench, rnd: int) -> tuple[float, dict]:
+    args = b.args
+    cmd = [b.py, str(WORKER), "train", "--data", args.data, "--steps", str(args.steps)]
+    cmd += ["--warmup", str(args.warmup), *b.common, *b.ours_flags]
+    stdout, wall = run(cmd, b.env, "ours", args.timeout)
+    ips, r = last_ips(stdout, "ours"), result(stdout, "ours")
+    print(
+        f"  round {rnd}  B ours ({r['precision']}"
+        f"{', channels_last' if r['channels_last'] else ''}"
+        f"{', compiled' if r['compile'] else ''}"
+        f"{', CUDA graph' if r.get('cuda_graph') else ''}):"
+        f" {ips:8.1f} images/s   (cold {r['cold_images_per_s']:.1f}; process "
+        f"{wall:5.1f}s, load {loadavg()})",
+        flush=True,
+    )
+    return ips, r
+
+
+def print_ab_summary(b: Bench, ref_ips: dict[int, list[float]], ours_ips, ours_cold) -> float:
+    """The medians and ratios; returns the headline ratio (against the first workers)."""
+    workers = b.args.ref_workers
+    med_ours = statistics.median(ours_ips)
+    print()
+    for w in workers:
         print(
-            f"native bf16     {'yes' if mach['native_bf16'] else 'no'}"
-            f"{'' if mach['native_bf16'] or args.device == 'cuda' else ' (oneDNN emulates it)'}"
+            f"  median reference (workers {w}): {statistics.median(ref_ips[w]):8.1f} images/s"
+            f"   runs {', '.join(f'{v:.1f}' for v in ref_ips[w])}"
         )
+    print(
+        f"  median ours:                  {med_ours:8.1f} images/s   runs "
+        f"{', '.join(f'{v:.1f}' for v in ours_ips)}"
+    )
+    print(f"  median ours, cold:            {statistics.median(ours_cold):8.1f} images/s")
+    for w in workers:
+        ratio = med_ours / statistics.median(ref_ips[w])
         print(
-            f"matmul {mach['matmul_size']}^2   fp32 {mach['matmul_fp32_gflops']:.1f} GFLOP/s, "
-            f"bf16 {mach['matmul_bf16_gflops']:.1f} GFLOP/s"
+            f"  ratio ours / reference (workers {w}): {ratio:.2f}x"
+            f"{'   <- headline' if w == workers[0] else ''}"
         )
-        print(
-            f"seed model      {mach['forward_macs_per_image'] / 1e6:.2f} M forward conv+linear "
-            f"MACs/image -> {mach['train_flops_per_image'] / 1e6:.1f} MFLOP/image per training "
-            "step (2 x MACs x 3 for forward+backward)"
-        )
+    return med_ours / statistics.median(ref_ips[workers[0]])
+
+
+def stage_ab(b: Bench) -> None:
+    print_ab_plan(b.args)
+    warm_cache(b)
+    ref_ips: dict[int, list[float]] = {w: [] for w in b.args.ref_workers}
+    ours_ips, ours_cold, ours_rows = [], [], []
+    for rnd in range(1, b.args.repeats + 1):
+        for w in b.args.ref_workers:
+            ref_ips[w].append(reference_run(b, rnd, w))
+        ips, r = ours_run(b, rnd)
+        ours_ips.append(ips)
+        ours_cold.append(r["cold_images_per_s"])
+        ours_rows.append(r)
+    ratio = print_ab_summary(b, ref_ips, ours_ips, ours_cold)
+    b.out["ab"] = {
+        "reference": {str(w): v for w, v in ref_ips.items()},
+        "ours": ours_ips,
+        "ours_cold": ours_cold,
+        "ours_runs": ours_rows,
+        "ratio": ratio,
+    }
     print()
 
-    # ------------------------------------------------------------------ A/B
-    if "ab" not in args.skip:
-        print("-" * 78)
-        print(
-            f"A/B: {args.steps} training steps per run, {args.repeats} rounds, each run a "
-            "fresh process"
-        )
-        print(
-            f"  reference: {args.reference} --epochs 1 --max-steps {args.steps} --no-eval "
-            "--workers W"
-        )
-        print(
-            "             its own images/s: timed over its train() loop from the first step "
-            "(no warm-up),"
-        )
-        print(
-            "             torchvision DataLoader decoding the JPEGs with PIL each step "
-            "(workers 0 = in the training process)"
-        )
-        print(
-            f"  ours:      bench/_ours_steps.py train: cifar_resnet.train.train_one_epoch, "
-            f"{args.warmup} untimed warm-up steps,"
-        )
-        print(
-            f"             then {args.steps} timed steps including the DeviceLoader "
-            "(arrays decoded once, from the cache; loading untimed);"
-        )
-        print(
-            "             'cold' = all warm-up + timed steps from the first, as the reference "
-            "times itself"
-        )
-        # Warm cifar-resnet's decode cache (the first decode takes tens of seconds).
-        t0 = time.perf_counter()
-        run(
-            [
-                py,
-                "-c",
-                "import sys; from cifar_resnet.data import load_data; load_data(sys.argv[1])",
-                args.data,
-            ],
-            env,
-            "cache warm-up",
-            args.timeout,
-        )
-        print(
-            f"  (cifar-resnet decode cache {args.cache} ready in "
-            f"{time.perf_counter() - t0:.1f}s; untimed)"
-        )
-        ref_ips: dict[int, list[float]] = {w: [] for w in args.ref_workers}
-        ours_ips: list[float] = []
-        ours_cold: list[float] = []
-        ours_rows = []
-        for rnd in range(1, args.repeats + 1):
-            for w in args.ref_workers:
-                cmd = [
-                    py,
-                    args.reference,
-                    "--data",
-                    args.data,
-                    "--epochs",
-                    "1",
-                    "--max-steps",
-                    str(args.steps),
-                    "--no-eval",
-                    "--workers",
-                    str(w),
-                ]
-                if args.threads:
-                    cmd += ["--threads", str(args.threads)]
-                stdout, wall = run(cmd, ref_env, "reference", args.timeout)
-                ips = last_ips(stdout, "reference")
-                ref_ips[w].append(ips)
-                print(
-                    f"  round {rnd}  A reference (workers {w}): {ips:8.1f} images/s   "
-                    f"(process {wall:5.1f}s, load {loadavg()})",
-                    flush=True,
-                )
-            stdout, wall = run(
-                [
-                    py,
-                    str(WORKER),
-                    "train",
-                    "--data",
-                    args.data,
-                    "--steps",
-                    str(args.steps),
-                    "--warmup",
-                    str(args.warmup),
-                    *common,
-                    *ours_flags,
-                ],
-                env,
-                "ours",
-                args.timeout,
-            )
-            ips = last_ips(stdout, "ours")
-            r = result(stdout, "ours")
-            ours_ips.append(ips)
-            ours_cold.append(r["cold_images_per_s"])
-            ours_rows.append(r)
-            print(
-                f"  round {rnd}  B ours ({r['precision']}"
-                f"{', channels_last' if r['channels_last'] else ''}"
-                f"{', compiled' if r['compile'] else ''}"
-                f"{', CUDA graph' if r.get('cuda_graph') else ''}):"
-                f" {ips:8.1f} images/s   (cold {r['cold_images_per_s']:.1f}; process "
-                f"{wall:5.1f}s, load {loadavg()})",
-                flush=True,
-            )
-        first = args.ref_workers[0]
-        med_ours = statistics.median(ours_ips)
-        print()
-        for w in args.ref_workers:
-            print(
-                f"  median reference (workers {w}): {statistics.median(ref_ips[w]):8.1f} images/s"
-                f"   runs {', '.join(f'{v:.1f}' for v in ref_ips[w])}"
-            )
-        print(
-            f"  median ours:                  {med_ours:8.1f} images/s   runs "
-            f"{', '.join(f'{v:.1f}' for v in ours_ips)}"
-        )
-        print(f"  median ours, cold:            {statistics.median(ours_cold):8.1f} images/s")
-        for w in args.ref_workers:
-            ratio = med_ours / statistics.median(ref_ips[w])
-            print(
-                f"  ratio ours / reference (workers {w}): {ratio:.2f}x"
-                f"{'   <- headline' if w == first else ''}"
-            )
-        out["ab"] = {
-            "reference": {str(w): v for w, v in ref_ips.items()},
-            "ours": ours_ips,
-            "ours_cold": ours_cold,
-            "ours_runs": ours_rows,
-            "ratio": med_ours / statistics.median(ref_ips[first]),
-        }
-        print()
 
-    # ------------------------------------------------------------------ ceilings
-    if "ceiling" not in args.skip:
-        print("-" * 78)
-        print(
-            f"step-only ceiling: fixed in-memory batch of 128, no loader; Stepper.step "
-            f"(forward, fp32 loss, backward, SGD); median of 3 timings of "
-            f"{args.ceiling_steps} steps"
-        )
-        cmd = [
-            py,
-            str(WORKER),
-            "ceiling",
-            *common,
-            "--steps",
-            str(args.ceiling_steps),
-            "--bf16-steps",
-            str(args.bf16_steps),
-            "--repeats",
-            "3",
-        ]
-        cmd += (
-            ["--compile-layouts", *args.compile_layouts]
-            if args.compile_layouts
-            else ["--no-compile"]
-        )
-        ceil = result(run(cmd, env, "ceiling", args.timeout)[0], "ceiling")
-        out["ceiling"] = ceil
-        mach = out.get("machine")
-        print(
-            f"  {'precision':<10}{'layout':<15}{'compile':<9}{'images/s':>10}"
-            f"{'of fp32 matmul':>16}  note"
-        )
-        for row in ceil["rows"]:
-            frac = ""
-            if mach:
-                rate = row["images_per_s"] * mach["train_flops_per_image"] / 1e9
-                frac = f"{100 * rate / mach['matmul_fp32_gflops']:.1f}%"
-            note = f"{row['steps']} step(s)/timing"
-            if row["emulated_bf16"]:
-                note += ", bf16 emulated (not native)"
-            if row["compile"]:
-                note += f", compile+warm-up {row['warmup_s']:.0f}s"
-            print(
-                f"  {row['precision']:<10}{row['layout']:<15}"
-                f"{'on' if row['compile'] else 'off':<9}{row['images_per_s']:>10.1f}"
-                f"{frac:>16}  {note}"
-            )
-        print("  (% of fp32 matmul: the step's model FLOP rate over the fp32 1024^2 matmul rate)")
-        print()
+# ----------------------------------------------------------------------------- ceiling
 
-    # ------------------------------------------------------------------ eval
-    if "eval" not in args.skip:
-        print("-" * 78)
-        ev = result(
-            run(
-                [
-                    py,
-                    str(WORKER),
-                    "eval",
-                    "--data",
-                    args.data,
-                    "--repeats",
-                    "3",
-                    *common,
-                    *ours_flags,
-                ],
-                env,
-                "eval",
-                args.timeout,
-            )[0],
-            "eval",
-        )
-        out["eval"] = ev
-        print(
-            f"evaluation pass: cifar_resnet.train.evaluate on {ev['images']} test images, "
-            f"batch {ev['eval_batch_size']}, {ev['precision']}"
-            f"{', channels_last' if ev['channels_last'] else ''}: "
-            f"{ev['images_per_s']:.1f} images/s (median of 3; "
-            f"{', '.join(f'{v:.0f}' for v in ev['all'])})"
-        )
-        print()
 
+def ceiling_row(row: dict, mach: dict | None) -> str:
+    frac = ""
+    if mach:
+        rate = row["images_per_s"] * mach["train_flops_per_image"] / 1e9
+        frac = f"{100 * rate / mach['matmul_fp32_gflops']:.1f}%"
+    note = f"{row['steps']} step(s)/timing"
+    if row["emulated_bf16"]:
+        note += ", bf16 emulated (not native)"
+    if row.get("cuda_graph"):
+        note += ", CUDA graph"
+    if row["compile"]:
+        note += f", compile+warm-up {row['warmup_s']:.0f}s"
+    return (
+        f"  {row['precision']:<10}{row['layout']:<15}"
+        f"{'on' if row['compile'] else 'off':<9}{row['images_per_s']:>10.1f}"
+        f"{frac:>16}  {note}"
+    )
+
+
+def stage_ceiling(b: Bench) -> None:
+    args = b.args
+    print("-" * 78)
+    print(
+        f"step-only ceiling: fixed in-memory batch of 128, no loader; "
+        f"cifar_resnet.trainer.train_step (lr, then Stepper.step: forward, fp32 loss, "
+        f"backward, SGD); median of 3 timings of {args.ceiling_steps} steps"
+    )
+    flags = [*b.common, "--steps", str(args.ceiling_steps), "--bf16-steps", str(args.bf16_steps)]
+    flags += ["--repeats", "3"]
+    layouts = args.compile_layouts
+    flags += ["--compile-layouts", *layouts] if layouts else ["--no-compile"]
+    ceil = b.out["ceiling"] = b.worker("ceiling", *flags)
+    print(
+        f"  {'precision':<10}{'layout':<15}{'compile':<9}{'images/s':>10}"
+        f"{'of fp32 matmul':>16}  note"
+    )
+    for row in ceil["rows"]:
+        print(ceiling_row(row, b.out.get("machine")))
+    print("  (% of fp32 matmul: the step's model FLOP rate over the fp32 1024^2 matmul rate)")
+    print()
+
+
+# ----------------------------------------------------------------------------- eval
+
+
+def stage_eval(b: Bench) -> None:
+    print("-" * 78)
+    flags = ["--data", b.args.data, "--repeats", "3", *b.common, *b.ours_flags]
+    ev = b.out["eval"] = b.worker("eval", *flags)
+    print(
+        f"evaluation pass: cifar_resnet.evaluate.evaluate on {ev['images']} test images, "
+        f"batch {ev['eval_batch_size']}, {ev['precision']}"
+        f"{', channels_last' if ev['channels_last'] else ''}: "
+        f"{ev['images_per_s']:.1f} images/s (median of 3; "
+        f"{', '.join(f'{v:.0f}' for v in ev['all'])})"
+    )
+    print()
+
+
+def main(argv=None) -> int:
+    p = build_parser()
+    args = p.parse_args(argv)
+    if args.repeats < 1 or args.steps < 1:
+        p.error("--steps and --repeats must be positive")
+
+    import torch  # after argument parsing: --help stays fast
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: no CUDA GPU visible to this torch build")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    b = make_bench(args)
+    t_start = time.perf_counter()
+    print_header(b, torch)
+    if "machine" not in args.skip:
+        stage_machine(b)
+    print()
+    stages = {"ab": stage_ab, "ceiling": stage_ceiling, "eval": stage_eval}
+    for name, stage in stages.items():
+        if name not in args.skip:
+            stage(b)
     print("-" * 78)
     print(f"total {time.perf_counter() - t_start:.0f}s; load average at end {loadavg()}")
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps(b.out, indent=2) + "\n")
         print(f"results written to {args.json}")
     return 0
 

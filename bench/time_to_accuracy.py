@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cifar_resnet.cli import parse_duration  # noqa: E402
+from cifar_resnet.cli.flags import parse_duration  # noqa: E402
 
 
 def run(data, preset, seed, cap, targets, device):

@@ -24,19 +24,21 @@ import dataclasses
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from cifar_resnet.checkpoint import checkpoint_files, load_checkpoint  # noqa: E402
-from cifar_resnet.config import preset_config  # noqa: E402
-from cifar_resnet.data import channel_stats, load_data, split_validation, subset  # noqa: E402
-from cifar_resnet.evaluate import load_model  # noqa: E402
-from cifar_resnet.loader import DeviceLoader  # noqa: E402
+from cifar_resnet.checkpoint import checkpoint_files, load_checkpoint, load_model  # noqa: E402
+from cifar_resnet.config import TrainConfig, preset_config  # noqa: E402
+from cifar_resnet.data import DataBundle, load_data, splits_for  # noqa: E402
+from cifar_resnet.evaluate import evaluate  # noqa: E402
+from cifar_resnet.loader import DeviceLoader, eval_loader  # noqa: E402
 from cifar_resnet.models import FastNet, register_model  # noqa: E402
-from cifar_resnet.train import evaluate, fit  # noqa: E402
+from cifar_resnet.runtime import resolve_device, resolve_runtime  # noqa: E402
+from cifar_resnet.train import fit  # noqa: E402
 
 
 class PlainGroup(torch.nn.Module):
@@ -130,7 +132,33 @@ def budget_trial(name, flags, args, seed):
     return row
 
 
-def trial(name, config, bundle, device, val_loader=None):
+@dataclass
+class Validation:
+    """A trial's held-out images, evaluated as ``fit`` evaluates its run."""
+
+    loader: DeviceLoader
+    num_classes: int
+    amp_dtype: torch.dtype | None
+
+
+def validation(config: TrainConfig, bundle: DataBundle, device: str) -> Validation:
+    """The validation images ``fit`` holds out for ``config`` (``run_splits``, seeded by the
+    trial's seed), normalised with the run's statistics, at the run's precision and layout."""
+    runtime = resolve_runtime(config, resolve_device(device), distributed=False)
+    splits = splits_for(bundle, config)
+    loader = eval_loader(
+        splits.val.images,
+        splits.val.labels,
+        config.eval_batch_size,
+        mean=splits.mean,
+        std=splits.std,
+        device=runtime.device,
+        channels_last=runtime.channels_last,
+    )
+    return Validation(loader, len(splits.classes), runtime.amp_dtype)
+
+
+def trial(name, config, bundle, device, val: Validation | None = None):
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
         summary = fit(config, bundle, out, preset="fast", device=device, quiet=True)
@@ -144,16 +172,33 @@ def trial(name, config, bundle, device, val_loader=None):
         "first_epoch_s": round(epochs[0], 2),  # cudnn autotuning and CUDA-graph capture
         "later_epoch_s": round(sorted(epochs[1:])[len(epochs[1:]) // 2], 3) if epochs[1:] else None,
     }
-    if val_loader is not None:
+    if val is not None:
         model = load_model(ckpt, device)
-        dtype = torch.bfloat16 if torch.device(device).type == "cuda" else None
         for level in (0, 1, 2):
-            acc = evaluate(model, val_loader, dtype, 10, level)["accuracy"]
-            row[f"val_tta{level}"] = round(acc, 2)
+            result = evaluate(
+                model, val.loader, num_classes=val.num_classes, amp_dtype=val.amp_dtype, tta=level
+            )
+            row[f"val_tta{level}"] = round(result["accuracy"], 2)
     else:
         row["test_acc"] = round(summary["test_accuracy"], 2)
     print(row, flush=True)
     return row
+
+
+def test_best(results, args, bundle) -> None:
+    """Train the trial with the best validation accuracy among those whose training fits
+    --max-seconds on all training images, --test-best seeds, on test."""
+    fits = {
+        n: v
+        for n, v in results.items()
+        if sum(r["train_s"] for r in v[2]) / len(v[2]) <= args.max_seconds
+    }
+    best = max(fits, key=lambda n: sum(r["val_tta2"] for r in fits[n][2]))
+    base, changes, _ = fits[best]
+    print(f"best on validation within {args.max_seconds}s: {best} {changes}; test:")
+    for s in range(args.test_best):
+        config = dataclasses.replace(base, seed=s, **changes).validate()
+        trial(f"{best} test seed {s}", config, bundle, args.device)
 
 
 def main():
@@ -198,38 +243,15 @@ def main():
             config = dataclasses.replace(
                 base, val_split=args.val, seed=s, limit_train=args.limit_train, **changes
             ).validate()
-            # The same held-out images and statistics as the run's own (seeded by its seed).
-            train, val = split_validation(bundle.train, args.val, s)
-            mean, std = channel_stats(subset(train, args.limit_train or None, s).images)
-            val_loader = DeviceLoader(
-                val.images,
-                val.labels,
-                1000,
-                device=args.device,
-                train=False,
-                mean=mean,
-                std=std,
-                channels_last=args.device != "cpu",
-            )
-            row = trial(f"{name} seed {s}", config, bundle, args.device, val_loader)
+            val = validation(config, bundle, args.device)
+            row = trial(f"{name} seed {s}", config, bundle, args.device, val)
             results.setdefault(name, (base, changes, []))[2].append(row)
     print("mean over seeds:")
     for name, (_, _, rows) in results.items():
         mean = {k: round(sum(r[k] for r in rows) / len(rows), 2) for k in ("train_s", "val_tta2")}
         print(f"  {name:18s} {mean}")
     if args.test_best:
-        # The best validation accuracy among trials whose training fits --max-seconds.
-        fits = {
-            n: v
-            for n, v in results.items()
-            if sum(r["train_s"] for r in v[2]) / len(v[2]) <= args.max_seconds
-        }
-        best = max(fits, key=lambda n: sum(r["val_tta2"] for r in fits[n][2]))
-        base, changes, _ = fits[best]
-        print(f"best on validation within {args.max_seconds}s: {best} {changes}; test:")
-        for s in range(args.test_best):
-            config = dataclasses.replace(base, seed=s, **changes).validate()
-            trial(f"{best} test seed {s}", config, bundle, args.device)
+        test_best(results, args, bundle)
 
 
 if __name__ == "__main__":

@@ -6,10 +6,9 @@ from .errors import CifarResnetError
 __version__ = "0.1.0"
 
 # Names that need torch are imported on first use, so the command line starts (and its
-# --time-budget clock starts) before torch is imported. (``cifar_resnet.evaluate`` is the
-# module; the loop's evaluation pass is ``cifar_resnet.train.evaluate``.)
+# --time-budget clock starts) before torch is imported.
 _LAZY = {
-    "load_model": "evaluate",
+    "load_model": "checkpoint",
     "create_model": "models",
     "list_models": "models",
     "register_model": "models",

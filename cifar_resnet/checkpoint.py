@@ -1,10 +1,25 @@
-"""Checkpoints: complete, unwrapped, written atomically, loaded safely.
+"""The checkpoint format, in one place: what a checkpoint holds, how it is written and read,
+and which one a run continues from.
 
 A checkpoint is a plain dict of tensors and plain data, read back only through
-``torch.load(weights_only=True)``: a file someone hands us cannot run code.
+``torch.load(weights_only=True)``: a file someone hands us cannot run code. Every field is
+checked on load, and a file that does not fit is a one-line CheckpointError naming it.
+
+Format (``version`` 2; version 1 files, written before the schema was checked, hold the same
+fields and load as they are)::
+
+    format "cifar-resnet", version      what this is
+    model                               the unwrapped model's state_dict
+    optimizer, state, rng               to continue exactly: optimizer state, RunState
+                                        fields, every RNG's state
+    config                              the resolved TrainConfig as a dict
+    model_name, classes, mean, std,     what the model needs to be used
+    preset, input_size
+    lookahead; ema, ema_n_averaged      only when the run uses them
+
 Run folder layout::
 
-    RUN/checkpoints/e0003-s001173.pt   the newest ``keep`` checkpoints (epoch, global step)
+    RUN/checkpoints/e0003-s0001173.pt   the newest ``keep`` checkpoints (epoch, global step)
     RUN/best.pt                         the best by validation accuracy (with --val-split)
 """
 
@@ -14,17 +29,34 @@ import errno
 import os
 import random
 import re
-import tempfile
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from .errors import CheckpointError, OutputError
+from .config import TrainConfig, apply_overrides
+from .errors import CheckpointError, UsageError
+from .files import write_atomic
+from .models import create_model
 
-CHECKPOINT_VERSION = 1
+FORMAT = "cifar-resnet"
+CHECKPOINT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+FULL_DISK_BYTES = 64 << 20  # a failed write with less free space than this: the disk is full
 _NAME = re.compile(r"^e(\d+)-s(\d+)\.pt$")
+# Fields every checkpoint has, with their types; resuming needs RESUME_FIELDS as well.
+FIELDS: dict[str, type | tuple[type, ...]] = {
+    "model": dict,
+    "config": dict,
+    "model_name": str,
+    "classes": list,
+    "mean": (list, tuple),
+    "std": (list, tuple),
+}
+RESUME_FIELDS: dict[str, type | tuple[type, ...]] = {"optimizer": dict, "state": dict, "rng": dict}
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -38,72 +70,55 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
             return model
 
 
-def save_atomic(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then os.replace.
+def make_checkpoint(
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+    config: TrainConfig,
+    meta: dict[str, Any],
+    lookahead: dict[str, torch.Tensor] | None = None,
+    ema: torch.nn.Module | None = None,
+    ema_n_averaged: int = 0,
+) -> dict[str, Any]:
+    """A checkpoint dict of the current format (the RNG states are taken now)."""
+    ckpt = {
+        "format": FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "model": unwrap(model).state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "state": state,
+        "rng": rng_state(),
+        "config": config.to_dict(),
+        **meta,
+    }
+    if lookahead is not None:
+        ckpt["lookahead"] = lookahead
+    if ema is not None:
+        ckpt.update(ema=ema.state_dict(), ema_n_averaged=int(ema_n_averaged))
+    return ckpt
 
-    A crash or a full disk leaves the previous file intact and no partial file behind.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException as e:
+
+def save_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write atomically (a temporary file, fsync, rename): a crash or a full disk leaves the
+    previous file intact and no partial one; either is a one-line OutputError."""
+
+    def write(tmp: Path) -> None:
         try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        if isinstance(e, OSError):
-            why = "the disk is full" if e.errno == errno.ENOSPC else e.strerror or str(e)
-            raise OutputError(
-                f"cannot write {path}: {why}; free space or choose another "
-                "--out; the previous checkpoint is intact"
-            ) from None
-        raise
+            torch.save(ckpt, tmp)
+        except RuntimeError as e:  # torch reports a failed write (ENOSPC) as RuntimeError
+            full = shutil.disk_usage(tmp.parent).free < FULL_DISK_BYTES
+            first = (str(e).strip().splitlines() or ["write failed"])[0][:120]
+            raise OSError(errno.ENOSPC if full else errno.EIO, first) from None
+
+    return write_atomic(
+        path, write, "free space or choose another --out; the previous checkpoint is intact"
+    )
 
 
-def write_file_atomic(path: str | os.PathLike, write) -> Path:
-    """``write(tmp_path)`` into a temporary file beside ``path``, then ``os.replace``: readers
-    see the old file or the new one, never half of one. OSError becomes a one-line
-    OutputError and no temporary file is left behind."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+def _torch_load(path: Path) -> Any:
     try:
-        write(tmp)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        why = "the disk is full" if e.errno == errno.ENOSPC else e.strerror or str(e)
-        raise OutputError(
-            f"cannot write {path}: {why}; check the folder's permissions and free space"
-        ) from None
-    return path
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a checkpoint safely; any problem is a one-line CheckpointError naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure to unpickle means the file is unusable
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         # Only a refused GLOBAL means "unsafe"; garbage bytes fail as "Unsupported operand".
@@ -117,9 +132,93 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(
             f"checkpoint {path} is corrupt or truncated ({first[:160]})"
         ) from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != "cifar-resnet" or "model" not in ckpt:
+
+
+def _check_fields(ckpt: dict[str, Any], fields: dict[str, Any], path: Path) -> None:
+    for key, kind in fields.items():
+        if not isinstance(ckpt.get(key), kind):
+            found = "no" if key not in ckpt else f"a {type(ckpt[key]).__name__} as"
+            raise CheckpointError(
+                f"{path} has {found} {key!r} field; it is not a complete cifar-resnet "
+                "checkpoint (written by another program, or damaged)"
+            )
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load and check a checkpoint; any problem is a one-line CheckpointError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    ckpt = _torch_load(path)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a cifar-resnet checkpoint")
+    version = ckpt.get("version", 1)
+    if version not in READABLE_VERSIONS:
+        raise CheckpointError(
+            f"{path} is a version {version!r} checkpoint; this cifar-resnet reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}: upgrade cifar-resnet to use it"
+        )
+    _check_fields(ckpt, FIELDS, path)
+    if len(ckpt["mean"]) != 3 or len(ckpt["std"]) != 3:
+        raise CheckpointError(f"{path} has a damaged normalisation (mean/std of 3 channels)")
     return ckpt
+
+
+def checkpoint_config(ckpt: dict[str, Any], path: str | os.PathLike = "checkpoint") -> TrainConfig:
+    """The run's TrainConfig; unknown or mistyped fields are a one-line CheckpointError."""
+    try:
+        return apply_overrides(TrainConfig(), ckpt["config"], str(path)).validate()
+    except UsageError as e:
+        raise CheckpointError(f"{e} (in the checkpoint's config)") from None
+
+
+def check_resumable(ckpt: dict[str, Any], path: str | os.PathLike) -> None:
+    """Raise CheckpointError unless ``ckpt`` holds what continuing a run needs."""
+    _check_fields(ckpt, RESUME_FIELDS, Path(path))
+    rng = ckpt["rng"]
+    if not all(k in rng for k in ("python", "numpy", "torch")):
+        raise CheckpointError(f"{path} has an incomplete RNG state; it cannot be resumed exactly")
+
+
+def load_weights(module: torch.nn.Module, state: dict[str, Any], what: str) -> None:
+    """``load_state_dict`` strictly; a mismatch is one line naming the first keys concerned."""
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, TypeError, KeyError, AttributeError) as e:
+        lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+        detail = " ".join(lines[1:3] if len(lines) > 1 else lines[:1])
+        raise CheckpointError(f"{what} does not fit the model ({detail[:200]})") from None
+
+
+def build_model(
+    ckpt: dict[str, Any], device: str | torch.device = "cpu", ema: bool = False, where: str = ""
+) -> torch.nn.Module:
+    """The checkpoint's model (its EMA weights if ``ema``) on ``device``, in eval mode."""
+    if ema and "ema" not in ckpt:
+        raise UsageError("this checkpoint holds no EMA weights: train with --ema DECAY")
+    model = create_model(ckpt["model_name"], len(ckpt["classes"]))
+    load_weights(model, ckpt["ema" if ema else "model"], where or "the checkpoint")
+    return model.to(device).eval()
+
+
+def load_model(
+    ckpt: dict[str, Any] | str | os.PathLike, device: str | torch.device = "cpu", ema: bool = False
+) -> torch.nn.Module:
+    """A trained model in eval mode from a checkpoint dict or file (its EMA weights if ema)."""
+    where = "checkpoint"
+    if not isinstance(ckpt, dict):
+        where, ckpt = str(ckpt), load_checkpoint(ckpt)
+    return build_model(ckpt, device, ema=ema, where=where)
+
+
+def describe_checkpoint(ckpt: dict[str, Any]) -> str:
+    """Where in its run a checkpoint was taken, e.g. ``epoch 3 complete, step 1173`` or
+    ``interrupted in epoch 4 at step 1300``."""
+    state = ckpt.get("state", {})
+    epoch, step, within = state.get("epoch", "?"), state.get("step", "?"), state.get("epoch_step")
+    if within:
+        return f"interrupted in epoch {epoch + 1} at step {step}"
+    return f"epoch {epoch} complete, step {step}"
 
 
 def checkpoint_files(run_dir: str | os.PathLike) -> list[Path]:
@@ -139,12 +238,30 @@ def checkpoint_path(run_dir: str | os.PathLike, epoch: int, step: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"e{epoch:04d}-s{step:07d}.pt"
 
 
-def prune(run_dir: str | os.PathLike, keep: int) -> None:
+def checkpoint_position(path: Path) -> tuple[int, int]:
+    """(epoch, step) from a checkpoint's file name."""
+    m = _NAME.match(path.name)
+    if not m:
+        raise ValueError(f"not a checkpoint name: {path.name}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def prune(run_dir: str | os.PathLike, keep: int, protect: list[Path] | tuple = ()) -> None:
+    """Delete all but the newest ``keep`` checkpoints, never one in ``protect``."""
     for old in checkpoint_files(run_dir)[keep:]:
-        old.unlink(missing_ok=True)
+        if old not in protect:
+            old.unlink(missing_ok=True)
 
 
-def latest_valid(run_dir: str | os.PathLike, warn=print) -> tuple[Path, dict[str, Any]] | None:
+def _warn_stderr(message: str) -> None:
+    import sys
+
+    print(message, file=sys.stderr)
+
+
+def latest_valid(
+    run_dir: str | os.PathLike, warn: Callable[[str], None] = _warn_stderr
+) -> tuple[Path, dict[str, Any]] | None:
     """The newest checkpoint that loads; corrupt ones are skipped with a message."""
     for path in checkpoint_files(run_dir):
         try:
@@ -152,6 +269,45 @@ def latest_valid(run_dir: str | os.PathLike, warn=print) -> tuple[Path, dict[str
         except CheckpointError as e:
             warn(f"warning: {e}; falling back to the previous checkpoint")
     return None
+
+
+def find_resume(
+    run_dir: str | os.PathLike,
+    *,
+    required: bool,
+    quarantine: bool = True,
+    warn: Callable[[str], None] = _warn_stderr,
+) -> tuple[Path, dict[str, Any]] | None:
+    """The checkpoint a run in ``run_dir`` continues from, by the one policy the command line
+    and the Python API share: the newest checkpoint that loads, skipping damaged ones with a
+    warning; damaged ones newer than it are renamed ``*.pt.bad`` so that they never count as
+    the newest again. Checkpoints that all fail to load are an error (a run never silently
+    starts over); none at all is an error when ``required``, else None (start the run)."""
+    run_dir = Path(run_dir)
+    files = checkpoint_files(run_dir)
+    warnings: list[str] = []
+    found = latest_valid(run_dir, warnings.append)
+    if found is None and files:  # checkpoints there but none loads: never start over
+        try:
+            load_checkpoint(files[0])
+        except CheckpointError as e:
+            raise CheckpointError(
+                f"{e}, and no older checkpoint is valid; move the bad "
+                f"files out of {run_dir}/checkpoints to start over"
+            ) from None
+    if found is None:
+        if required:
+            raise CheckpointError(
+                f"--resume {run_dir}: the folder holds no checkpoint yet; start "
+                f"the run with --out {run_dir} --resume auto"
+            )
+        return None
+    for message in warnings:
+        warn(message)
+    for bad in files[: files.index(found[0])] if quarantine else []:
+        bad.rename(bad.with_name(bad.name + ".bad"))
+    check_resumable(found[1], found[0])
+    return found
 
 
 def resolve_checkpoint(target: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
@@ -179,10 +335,16 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    kind, key, *rest = state["numpy"]
-    np.random.set_state((kind, np.asarray(key, dtype=np.uint32), *rest))
-    torch.set_rng_state(state["torch"])
+    """Restore :func:`rng_state`; a damaged state is a one-line CheckpointError."""
+    try:
+        py = state["python"]
+        random.setstate((py[0], tuple(py[1]), py[2]))
+        kind, key, *rest = state["numpy"]
+        np.random.set_state((kind, np.asarray(key, dtype=np.uint32), *rest))
+        torch.set_rng_state(state["torch"])
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+        raise CheckpointError(
+            f"the checkpoint's RNG state is damaged ({type(e).__name__}); it cannot be resumed"
+        ) from None
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

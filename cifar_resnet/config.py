@@ -24,6 +24,8 @@ SCHEDULES = ("step", "multistep", "cosine", "onecycle", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")
 NORMALIZATIONS = ("half", "dataset")
 PAD_MODES = ("zeros", "reflect")
+MAX_IMAGE_SIZE = 1024  # pixels a side: memory grows with its square (N images held at once)
+MAX_LR = 1e4  # above this every recipe diverges at once; a bigger value is a typo
 
 
 @dataclass
@@ -78,8 +80,22 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         """Raise UsageError on values no run can use."""
-        positive = ("epochs", "batch_size", "eval_batch_size", "keep", "lr_step")
-        for name in positive:
+        self._check_counts()
+        self._check_numbers()
+        self._check_choices()
+        if self.target_accuracy and self.target_split == "val" and not self.val_split:
+            raise UsageError(
+                "target_accuracy is checked on the validation split: add "
+                "--val-split N, or --target-split test to check the test set"
+            )
+        if self.schedule == "multistep" and not self.lr_milestones:
+            raise UsageError(
+                "schedule 'multistep' needs lr_milestones (steps), e.g. [32000, 48000]"
+            )
+        return self
+
+    def _check_counts(self) -> None:
+        for name in ("epochs", "batch_size", "eval_batch_size", "keep", "lr_step"):
             if getattr(self, name) <= 0:
                 raise UsageError(f"{name} must be positive, got {getattr(self, name)}")
         nonneg = (
@@ -92,12 +108,22 @@ class TrainConfig:
             "warmup_steps",
             "save_every_steps",
             "eval_every",
+            "lookahead",
         )
         for name in nonneg:
             if getattr(self, name) < 0:
                 raise UsageError(f"{name} must be zero or positive, got {getattr(self, name)}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise UsageError(f"lr must be a positive number, got {self.lr}")
+        if not 0 <= self.seed < 2**63:
+            raise UsageError(f"seed must be an integer from 0 to 2**63-1, got {self.seed}")
+        if self.image_size > MAX_IMAGE_SIZE:
+            raise UsageError(
+                f"image_size {self.image_size} is more than this trainer is for "
+                f"(at most {MAX_IMAGE_SIZE} pixels a side: small images)"
+            )
+
+    def _check_numbers(self) -> None:
+        if not (math.isfinite(self.lr) and 0 < self.lr <= MAX_LR):
+            raise UsageError(f"lr must be a positive number up to {MAX_LR:g}, got {self.lr}")
         for name in ("momentum", "weight_decay", "lr_gamma", "lr_start_factor", "lr_end_factor"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v >= 0):
@@ -110,11 +136,6 @@ class TrainConfig:
             raise UsageError(
                 f"target_accuracy is a percentage in 0..100, got {self.target_accuracy}"
             )
-        if self.target_accuracy and self.target_split == "val" and not self.val_split:
-            raise UsageError(
-                "target_accuracy is checked on the validation split: add "
-                "--val-split N, or --target-split test to check the test set"
-            )
         if not (math.isfinite(self.norm_lr_scale) and self.norm_lr_scale > 0):
             raise UsageError(f"norm_lr_scale must be a positive number, got {self.norm_lr_scale}")
         for name in ("warmup_fraction", "whiten_bias_fraction"):
@@ -122,18 +143,12 @@ class TrainConfig:
                 raise UsageError(
                     f"{name} is a share of the steps in 0..1, got {getattr(self, name)}"
                 )
-        if self.lookahead < 0:
-            raise UsageError(
-                f"lookahead must be zero (off) or a number of steps, got {self.lookahead}"
-            )
-        if self.tta not in (0, 1, 2):
-            raise UsageError(
-                f"tta must be 0 (none), 1 (flip) or 2 (flip + translate), got {self.tta}"
-            )
         if not 0 <= self.ema < 1:
             raise UsageError(f"ema is a decay per step in [0, 1), e.g. 0.999, got {self.ema}")
         if not 0 <= self.label_smoothing < 1:
             raise UsageError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
+    def _check_choices(self) -> None:
         choices = {
             "schedule": SCHEDULES,
             "precision": PRECISIONS,
@@ -143,6 +158,7 @@ class TrainConfig:
             "shortcut": ("", "A", "B"),
             "target_split": ("val", "test"),
             "pad_mode": PAD_MODES,
+            "tta": (0, 1, 2),
         }
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
@@ -150,11 +166,6 @@ class TrainConfig:
                     f"{name} must be one of {', '.join(map(repr, valid))}, "
                     f"got {getattr(self, name)!r}"
                 )
-        if self.schedule == "multistep" and not self.lr_milestones:
-            raise UsageError(
-                "schedule 'multistep' needs lr_milestones (steps), e.g. [32000, 48000]"
-            )
-        return self
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -314,9 +325,29 @@ def resolve_config(
         raise UsageError(f"{file_name}: preset must be a string, got {file_preset!r}")
     name = preset or file_preset or "seed"
     config = preset_config(name, device_type)
-    config = apply_overrides(config, file_values, file_name)
-    config = apply_overrides(config, flag_values or {}, "command line")
+    config = _override_length(config, file_values, file_name)
+    config = _override_length(config, flag_values or {}, "command line")
     return name, config.validate()
+
+
+def _override_length(config: TrainConfig, values: dict[str, Any], where: str) -> TrainConfig:
+    """``apply_overrides``, with the run's length honoured or refused, never silently ignored:
+    ``epochs`` over a recipe defined in steps is an error (say ``steps``), and a new ``steps``
+    moves the recipe's lr milestones in proportion."""
+    given = {k.replace("-", "_") for k in values}
+    if "epochs" in given and "steps" not in given and config.steps:
+        flag = "--epochs" if where == "command line" else "epochs"
+        raise UsageError(
+            f"{where}: {flag} has no effect here: the recipe is defined in steps "
+            f"(steps = {config.steps}); give --steps N instead (its lr milestones move in "
+            "proportion), or --steps 0 to count in epochs"
+        )
+    new = apply_overrides(config, values, where)
+    if "steps" in given and "lr_milestones" not in given and config.steps and new.steps:
+        ratio = new.steps / config.steps
+        milestones = [max(1, round(m * ratio)) for m in config.lr_milestones]
+        new = dataclasses.replace(new, lr_milestones=milestones)
+    return new
 
 
 def config_to_toml(preset: str, config: TrainConfig) -> str:

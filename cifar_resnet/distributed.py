@@ -101,6 +101,12 @@ def all_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
+def all_reduce_(t: torch.Tensor) -> None:
+    """Sum a tensor over all ranks in place (nothing in a single process)."""
+    if is_enabled():
+        dist.all_reduce(t)
+
+
 def all_mean(values: list[float], device: torch.device) -> list[float]:
     """Average a few numbers over all ranks (identity in a single process)."""
     world = dist.get_world_size() if is_enabled() else 1

@@ -15,6 +15,7 @@ EXIT_CHECKPOINT = 4  # a checkpoint is missing, corrupt, unsafe or does not matc
 EXIT_OUTPUT = 5  # the output folder cannot be written (permissions, full disk)
 EXIT_DIVERGED = 6  # the loss became NaN or infinite
 EXIT_DISTRIBUTED = 7  # another rank failed or timed out
+EXIT_LOCKED = 8  # the run folder is in use by another training process
 EXIT_INTERRUPTED = 130  # stopped by SIGINT or SIGTERM after saving; resume with --resume
 
 
@@ -48,5 +49,23 @@ class DistributedError(CifarResnetError):
     exit_code = EXIT_DISTRIBUTED
 
 
+class RunLockedError(CifarResnetError):
+    exit_code = EXIT_LOCKED
+
+
 class Interrupted(CifarResnetError):
     exit_code = EXIT_INTERRUPTED
+
+
+def require(module: str, extra: str):
+    """Import an optional dependency, or fail with the pip command that installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        package = module.split(".")[0]
+        raise UsageError(
+            f"this needs the optional package {package}; install it with "
+            f"pip install 'cifar-resnet[{extra}]'"
+        ) from None

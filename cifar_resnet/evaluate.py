@@ -1,84 +1,233 @@
-"""Evaluate a trained checkpoint: accuracy, per-class accuracy, confusion matrix."""
+"""The one inference path: logits with test-time augmentation, then loss, accuracy and the
+confusion matrix. Training's evaluations, ``cifar-resnet evaluate``, the report, ``predict``
+and the export check all come through here, so they cannot disagree.
+
+A *model* here is any callable from normalised float images (B, 3, H, W) to logits (B, C):
+an ``nn.Module``, or a wrapper around an exported file (ONNX, TorchScript).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
-from .checkpoint import load_checkpoint
-from .config import TrainConfig, apply_overrides
-from .errors import UsageError
-from .loader import DeviceLoader
-from .models import create_model
+from . import distributed
+from .checkpoint import build_model, checkpoint_config
+from .config import apply_overrides
+from .data import CIFAR_SIDE, DataBundle, eval_split
+from .errors import DataError
+from .loader import DeviceLoader, eval_loader
 
-
-def load_model(
-    ckpt: dict[str, Any] | str, device: str | torch.device = "cpu", ema: bool = False
-) -> torch.nn.Module:
-    """A trained model in eval mode from a checkpoint dict or file (its EMA weights if ema)."""
-    if not isinstance(ckpt, dict):
-        ckpt = load_checkpoint(ckpt)
-    if ema and "ema" not in ckpt:
-        raise UsageError("this checkpoint holds no EMA weights: train with --ema DECAY")
-    model = create_model(ckpt["model_name"], len(ckpt["classes"]))
-    model.load_state_dict(ckpt["ema" if ema else "model"])
-    return model.to(device).eval()
+Model = Callable[[torch.Tensor], torch.Tensor]
+PREDICT_BATCH = 256  # images per forward pass outside training
 
 
-def load_run_data(ckpt: dict[str, Any], data: str, *, data_dir=None, cache_dir=None):
-    """The dataset ``data`` decoded as the checkpoint's run saw it (its ``image_size``)."""
-    from .data import load_data
+def tta_logits(model: Model, x: torch.Tensor, tta: int = 0) -> torch.Tensor:
+    """fp32 logits of ``x`` with test-time augmentation: 0 none, 1 the mean over the image and
+    its mirror, 2 (airbench) half that plus half the mirror-mean of two 1-pixel diagonal
+    translations with mirrored borders: 6 forward passes."""
 
-    return load_data(
-        data,
-        data_dir=data_dir,
-        image_size=ckpt.get("config", {}).get("image_size") or None,
-        cache_dir=cache_dir,
-        progress=False,
+    def mirrored(v):
+        out = model(v).float()
+        return out if tta == 0 else (out + model(v.flip(3)).float()) / 2
+
+    logits = mirrored(x)
+    if tta >= 2:
+        h, w = x.shape[2:]
+        padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+        shifted = [padded[:, :, :h, :w], padded[:, :, 2 : h + 2, 2 : w + 2]]
+        logits = (logits + sum(mirrored(v) for v in shifted) / 2) / 2
+    return logits
+
+
+def _autocast(device: torch.device, amp_dtype: torch.dtype | None):
+    return torch.autocast(
+        device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None
     )
+
+
+@torch.no_grad()
+def predict_logits(
+    model: Model, loader: DeviceLoader, *, amp_dtype: torch.dtype | None = None, tta: int = 0
+) -> torch.Tensor:
+    """fp32 logits (N, C) of this rank's images of ``loader``, in its order, on the CPU."""
+    was_training = getattr(model, "training", False)
+    if isinstance(model, torch.nn.Module):
+        model.eval()
+    with _autocast(loader.device, amp_dtype):
+        out = [tta_logits(model, x, tta).cpu() for x, _ in loader]
+    if isinstance(model, torch.nn.Module):
+        model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, 0)
+
+
+@torch.no_grad()
+def evaluate(
+    model: Model,
+    loader: DeviceLoader,
+    *,
+    num_classes: int,
+    amp_dtype: torch.dtype | None = None,
+    tta: int = 0,
+    should_stop: Callable[[], bool] | None = None,
+) -> dict[str, Any] | None:
+    """Loss, accuracy (percent), per-class accuracy and the confusion matrix (rows: true,
+    columns: predicted) over ``loader``'s images, summed over every rank of a distributed run.
+    None when ``should_stop()`` turned true between two batches.
+
+    Losses and counts stay on the device until the end: no host sync per batch."""
+    was_training = getattr(model, "training", False)
+    if isinstance(model, torch.nn.Module):
+        model.eval()
+    device = loader.device
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    confusion = torch.zeros(num_classes * num_classes, device=device, dtype=torch.int64)
+    try:
+        with _autocast(device, amp_dtype):
+            for x, y in loader:
+                if should_stop is not None and should_stop():
+                    return None
+                logits = tta_logits(model, x, tta)
+                loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+                confusion += torch.bincount(
+                    y * num_classes + logits.argmax(1), minlength=num_classes * num_classes
+                )
+    finally:
+        if isinstance(model, torch.nn.Module):
+            model.train(was_training)
+    distributed.all_reduce_(loss_sum)
+    distributed.all_reduce_(confusion)
+    return summarize(float(loss_sum), confusion.view(num_classes, num_classes).cpu())
+
+
+def summarize(loss_sum: float, confusion: torch.Tensor) -> dict[str, Any]:
+    """The figures of an evaluation from its summed loss and its confusion matrix."""
+    count = int(confusion.sum())
+    correct = int(confusion.diag().sum())
+    per_class = confusion.diag().double() / confusion.sum(1).clamp(min=1).double()
+    return {
+        "loss": loss_sum / max(count, 1),
+        "accuracy": 100.0 * correct / max(count, 1),
+        "correct": correct,
+        "count": count,
+        "per_class_accuracy": (100.0 * per_class).tolist(),
+        "confusion": confusion.tolist(),
+    }
+
+
+@dataclass
+class Predictor:
+    """A trained model and what is needed to feed it: class names, normalisation and the
+    training image size. Made from a checkpoint (:func:`predictor_from_checkpoint`) or an
+    exported file (``cifar_resnet.export.load_exported``).
+
+    ``forward`` maps normalised float32 (B, 3, N, N) images on the CPU to (B, classes) logits.
+    """
+
+    forward: Model
+    classes: list[str]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    image_size: int
+    model_name: str
+    source: str
+
+    def logits(self, images: np.ndarray, tta: int = 0) -> np.ndarray:
+        """uint8 (N, H, W, 3) images -> float32 (N, classes) logits, with TTA level ``tta``."""
+        if len(images) == 0:
+            return np.zeros((0, len(self.classes)), dtype=np.float32)
+        loader = eval_loader(
+            images, np.zeros(len(images), np.int64), PREDICT_BATCH, mean=self.mean, std=self.std
+        )
+        return predict_logits(self.forward, loader, tta=tta).numpy().astype(np.float32)
+
+    def probabilities(self, images: np.ndarray, tta: int = 0) -> np.ndarray:
+        """float64 (N, classes) softmax probabilities."""
+        return torch.softmax(torch.from_numpy(self.logits(images, tta)).double(), 1).numpy()
+
+
+def module_forward(model: torch.nn.Module) -> Model:
+    """An ``nn.Module`` in eval mode as a Predictor's forward (fp32, no autograd)."""
+    model.eval()
+
+    @torch.no_grad()
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return model(x).float()
+
+    return forward
+
+
+def checkpoint_image_size(ckpt: dict[str, Any]) -> int:
+    """The side of the training images: --image-size, else the data's own size (recorded as
+    ``input_size``), else 32 (CIFAR's)."""
+    return (
+        int(ckpt["config"].get("image_size") or 0) or int(ckpt.get("input_size", 0)) or CIFAR_SIDE
+    )
+
+
+def predictor_from_checkpoint(
+    ckpt: dict[str, Any], source: str = "checkpoint", ema: bool = False
+) -> Predictor:
+    """A predictor from a loaded checkpoint (fp32, on the CPU)."""
+    return Predictor(
+        module_forward(build_model(ckpt, "cpu", ema=ema, where=source)),
+        list(ckpt["classes"]),
+        tuple(ckpt["mean"]),
+        tuple(ckpt["std"]),
+        checkpoint_image_size(ckpt),
+        ckpt["model_name"],
+        source,
+    )
+
+
+def check_classes(bundle: DataBundle, ckpt: dict[str, Any], where: str = "checkpoint") -> None:
+    """The one check that data and a model agree on the class list (same message and exit
+    code from every command)."""
+    if list(bundle.classes) != list(ckpt["classes"]):
+        raise DataError(
+            f"the data's classes {bundle.classes[:4]}... differ from the {where}'s "
+            f"{list(ckpt['classes'])[:4]}...; pass the --data it was trained on"
+        )
 
 
 def evaluate_checkpoint(
     ckpt: dict[str, Any],
-    args,
-    flags: dict[str, Any],
+    bundle: DataBundle,
+    *,
     split: str = "test",
-    device: str = "auto",
+    device: torch.device | str = "cpu",
+    amp_dtype: torch.dtype | None = None,
+    eval_batch_size: int | None = None,
     tta: int = 0,
     ema: bool = False,
+    where: str = "checkpoint",
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    from .cli import _load_bundle
-    from .data import split_validation, subset
-    from .train import evaluate, resolve_device, resolve_precision
-
-    config = apply_overrides(TrainConfig(**ckpt["config"]), flags, "command line").validate()
-    dev = resolve_device(device)
-    bundle = _load_bundle(args, config.image_size, progress=False)
-    if list(bundle.classes) != list(ckpt["classes"]):
-        raise UsageError(
-            f"the data's classes {bundle.classes[:4]}... differ from the "
-            f"checkpoint's {ckpt['classes'][:4]}...; pass the --data it was trained on"
-        )
-    if split == "val":
-        if not config.val_split:
-            raise UsageError("this run was trained without --val-split; evaluate --split test")
-        _, data = split_validation(bundle.train, config.val_split, config.seed)
-    else:
-        data = subset(bundle.test, config.limit_test or None, config.seed)
-    loader = DeviceLoader(
-        data.images,
-        data.labels,
-        config.eval_batch_size,
-        device=dev,
-        train=False,
+    """Evaluate a checkpoint on the images of ``split`` that its run held out (``test``: the
+    test split under the run's ``limit_test``; ``val``: its validation split). ``overrides``
+    change the run's recipe fields for this evaluation (e.g. ``limit_test``)."""
+    check_classes(bundle, ckpt, where)
+    config = checkpoint_config(ckpt, where)
+    if overrides:
+        config = apply_overrides(config, overrides, "command line").validate()
+    images = eval_split(
+        bundle, split, val_split=config.val_split, limit_test=config.limit_test, seed=config.seed
+    )
+    loader = eval_loader(
+        images.images,
+        images.labels,
+        eval_batch_size or config.eval_batch_size,
+        device=device,
         mean=ckpt["mean"],
         std=ckpt["std"],
     )
-    model = load_model(ckpt, dev, ema=ema)
-    result = evaluate(
-        model, loader, resolve_precision(config.precision, dev), len(bundle.classes), tta=tta
-    )
+    model = build_model(ckpt, device, ema=ema, where=where)
+    result = evaluate(model, loader, num_classes=len(bundle.classes), amp_dtype=amp_dtype, tta=tta)
     result.update(
         tta=tta, ema=ema, split=split, classes=list(ckpt["classes"]), model=ckpt["model_name"]
     )
@@ -87,7 +236,7 @@ def evaluate_checkpoint(
 
 def format_report(r: dict[str, Any]) -> str:
     """A readable table: the headline, per-class accuracy, the confusion matrix."""
-    classes = r["classes"]
+    classes: Sequence[str] = r["classes"]
     lines = [
         f"{r['model']} on {r['count']} {r['split']} images: loss {r['loss']:.4f}, "
         f"accuracy {r['accuracy']:.2f}% ({r['correct']}/{r['count']})",
@@ -95,8 +244,8 @@ def format_report(r: dict[str, Any]) -> str:
         "per-class accuracy:",
     ]
     width = max(len(c) for c in classes)
-    for name, acc, row in zip(classes, r["per_class_accuracy"], r["confusion"]):
-        lines.append(f"  {name:<{width}}  {acc:6.2f}%  ({row[classes.index(name)]}/{sum(row)})")
+    for i, (name, acc, row) in enumerate(zip(classes, r["per_class_accuracy"], r["confusion"])):
+        lines.append(f"  {name:<{width}}  {acc:6.2f}%  ({row[i]}/{sum(row)})")
     if len(classes) <= 20:
         short = [c[:5] for c in classes]
         cell = max(5, len(str(max(max(row) for row in r["confusion"]))))

@@ -1,8 +1,9 @@
-"""Export a trained model to ONNX, TorchScript or safetensors, with what is needed to use it.
+"""Exported models: writing them as ONNX, TorchScript or safetensors, and reading them back.
 
 Every exported file carries the class names, the normalisation (mean and std on the 0..1
-scale), the model name and the training image size, so that ``cifar-resnet predict FILE``
-(and any other program) can feed it images without the checkpoint:
+scale), the model name and the training image size (:func:`metadata`), so that
+``cifar-resnet predict FILE`` (and any other program) can feed it images without the
+checkpoint:
 
 - ONNX: ``metadata_props`` ``format``, ``classes`` (JSON list), ``mean``, ``std`` (JSON lists),
   ``model_name``, ``image_size``; input ``images`` float32 (batch, 3, N, N), normalised;
@@ -10,17 +11,19 @@ scale), the model name and the training image size, so that ``cifar-resnet predi
 - TorchScript: the same fields as one JSON object in the extra file ``cifar_resnet.json``.
 - safetensors: the weights, and the same fields as the header's string metadata.
 
-After an ONNX export the file is checked against PyTorch with onnxruntime, on real test images
-with ``--data``, otherwise on random images.
+:func:`load_exported` reads any of them back as an :class:`~cifar_resnet.evaluate.Predictor`.
+After an ONNX export the temporary file is checked against PyTorch with onnxruntime before it
+is moved into place, on the run's test images when the data is given, otherwise on random
+images.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import tempfile
-from collections.abc import Callable, Iterator
+import warnings
+import zipfile
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -28,42 +31,158 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import OutputError, UsageError
-from .predict import (
-    METADATA_FILE,
+from .checkpoint import build_model, checkpoint_config, resolve_checkpoint
+from .data import CIFAR_SIDE, DataBundle, eval_split, subset
+from .errors import CheckpointError, OutputError, UsageError, require
+from .evaluate import (
     Predictor,
-    _no_deprecation_warnings,
+    check_classes,
     checkpoint_image_size,
-    from_checkpoint,
-    load_predictor,
-    metadata,
-    require,
+    module_forward,
+    predictor_from_checkpoint,
 )
+from .files import write_atomic
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 ONNX_OPSET = 17
 CHECK_IMAGES = 256  # images the ONNX file is checked on
+# The name of the metadata entry in exported files (a TorchScript extra file; ONNX and
+# safetensors store the same fields as separate string key/value pairs).
+METADATA_FILE = "cifar_resnet.json"
+METADATA_FORMAT = "cifar-resnet"
+
+
+def metadata(
+    classes: Sequence[str],
+    mean: Sequence[float],
+    std: Sequence[float],
+    model_name: str,
+    image_size: int,
+) -> dict[str, str]:
+    """The string key/value pairs every exported file carries."""
+    return {
+        "format": METADATA_FORMAT,
+        "classes": json.dumps(list(classes)),
+        "mean": json.dumps([float(v) for v in mean]),
+        "std": json.dumps([float(v) for v in std]),
+        "model_name": model_name,
+        "image_size": str(int(image_size)),
+    }
+
+
+def _from_metadata(meta: dict[str, str], where: str) -> dict[str, Any]:
+    """:func:`metadata`'s pairs back as Predictor fields; missing or damaged ones are a
+    one-line CheckpointError naming ``where``."""
+    if meta.get("format") != METADATA_FORMAT:
+        raise CheckpointError(
+            f"{where} carries no cifar-resnet metadata (class names, "
+            "normalisation); export it with `cifar-resnet export`"
+        )
+    try:
+        return {
+            "classes": [str(c) for c in json.loads(meta["classes"])],
+            "mean": tuple(float(v) for v in json.loads(meta["mean"])),
+            "std": tuple(float(v) for v in json.loads(meta["std"])),
+            "model_name": meta["model_name"],
+            "image_size": int(meta.get("image_size") or CIFAR_SIDE),
+        }
+    except (KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{where} has damaged cifar-resnet metadata ({e})") from None
 
 
 @contextmanager
-def _atomic_path(out: Path) -> Iterator[Path]:
-    """A temporary path beside ``out``, moved onto it only when the block succeeds."""
+def _no_deprecation_warnings() -> Iterator[None]:
+    # torch.jit and the TorchScript-based ONNX exporter warn that they are deprecated; they
+    # are still the ones that need no extra packages (the dynamo exporter needs onnxscript).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        yield
+
+
+# Reading exported files.
+
+
+def _is_torchscript(path: Path) -> bool:
+    """TorchScript archives hold ``code/`` and ``constants.pkl``; torch.save archives do not."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(n.endswith("/constants.pkl") or "/code/" in n for n in z.namelist())
+
+
+def _load_torchscript(path: Path) -> Predictor:
+    extra = {METADATA_FILE: ""}
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-        os.close(fd)
-    except OSError as e:
-        raise OutputError(f"cannot write {out}: {e.strerror or e}; choose another --out") from None
+        with _no_deprecation_warnings():
+            model = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    except Exception as e:  # noqa: BLE001 - any failure means the file is unusable
+        raise CheckpointError(
+            f"cannot load TorchScript file {path} ({str(e).strip()[:160]})"
+        ) from None
     try:
-        yield Path(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; an export is not
-        os.replace(tmp, out)
-    except OSError as e:
-        raise OutputError(f"cannot write {out}: {e.strerror or e}; choose another --out") from None
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+        meta = json.loads(extra[METADATA_FILE] or "{}")
+    except ValueError:
+        meta = {}
+    info = _from_metadata(meta, str(path))
+    return Predictor(module_forward(model), source=str(path), **info)
+
+
+def _load_onnx(path: Path) -> Predictor:
+    ort = require("onnxruntime", "export")
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - any failure means the file is unusable
+        raise CheckpointError(f"cannot load ONNX file {path} ({str(e).strip()[:160]})") from None
+    info = _from_metadata(session.get_modelmeta().custom_metadata_map, str(path))
+    name = session.get_inputs()[0].name
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        # astype copies: onnxruntime gets a contiguous array even for a flipped view
+        return torch.from_numpy(session.run(None, {name: x.cpu().numpy().astype(np.float32)})[0])
+
+    return Predictor(forward, source=str(path), **info)
+
+
+def _load_safetensors(path: Path) -> Predictor:
+    st = require("safetensors.torch", "export")
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+        state = st.load_file(str(path))
+    except Exception as e:  # noqa: BLE001 - any failure means the file is unusable
+        raise CheckpointError(
+            f"cannot load safetensors file {path} ({str(e).strip()[:160]})"
+        ) from None
+    info = _from_metadata(meta, str(path))
+    weights = {"model_name": info["model_name"], "classes": info["classes"], "model": state}
+    model = build_model(weights, "cpu", where=f"safetensors file {path}")
+    return Predictor(module_forward(model), source=str(path), **info)
+
+
+def load_exported(path: str | os.PathLike) -> Predictor | None:
+    """A predictor from a file written by :func:`export_model`, or None when ``path`` is not
+    one (not a file, or neither ``.onnx``, ``.safetensors`` nor a TorchScript archive).
+
+    ONNX and safetensors files are told by their suffix, TorchScript by its contents (it may
+    share ``.pt`` with checkpoints). A damaged exported file is a one-line CheckpointError.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        return _load_onnx(path)
+    if suffix == ".safetensors":
+        return _load_safetensors(path)
+    if _is_torchscript(path):
+        return _load_torchscript(path)
+    return None
+
+
+# Writing them.
 
 
 def _export_onnx(
@@ -113,25 +232,25 @@ def _export_safetensors(model: torch.nn.Module, path: Path, meta: dict[str, str]
 
 
 def check_images(
-    ckpt: dict[str, Any],
-    data: str | None,
-    *,
-    data_dir: str | None = None,
-    cache_dir: str | None = None,
-    n: int = CHECK_IMAGES,
+    ckpt: dict[str, Any], bundle: DataBundle | None, *, n: int = CHECK_IMAGES
 ) -> tuple[np.ndarray, str]:
-    """uint8 (n, N, N, 3) images to compare exports on: the test split's, or random ones."""
-    size = checkpoint_image_size(ckpt)
-    if data is None:
+    """uint8 (n, N, N, 3) images to compare exports on, and what they are.
+
+    With ``bundle`` (the data the run was trained on, decoded at its image size): a
+    stratified subset of at most ``n`` of the test images the run evaluates on (its
+    ``limit_test`` and ``seed``). Without: 64 (at most ``n``) random images.
+    """
+    if bundle is None:
+        size = checkpoint_image_size(ckpt)
         rng = np.random.default_rng(0)
         return rng.integers(0, 256, (min(n, 64), size, size, 3), dtype=np.uint8), "random images"
-    from .data import subset
-    from .evaluate import load_run_data
-
-    config = ckpt.get("config", {})
-    bundle = load_run_data(ckpt, data, data_dir=data_dir, cache_dir=cache_dir)
-    test = subset(bundle.test, min(n, len(bundle.test)), int(config.get("seed", 0)))
-    return test.images, f"{len(test)} test images of {data}"
+    check_classes(bundle, ckpt)
+    config = checkpoint_config(ckpt)
+    test = eval_split(
+        bundle, "test", val_split=config.val_split, limit_test=config.limit_test, seed=config.seed
+    )
+    test = subset(test, min(n, len(test)), config.seed)
+    return test.images, f"{len(test)} test images of {bundle.source}"
 
 
 def compare(reference: Predictor, other: Predictor, images: np.ndarray) -> dict[str, Any]:
@@ -146,25 +265,33 @@ def compare(reference: Predictor, other: Predictor, images: np.ndarray) -> dict[
     }
 
 
+def require_packages(fmt: str, check: bool = True) -> None:
+    """Fail on a missing optional package for exporting to ``fmt`` (and checking it) before
+    any work, not after."""
+    if fmt == "onnx":
+        require("onnx", "export")
+        if check:
+            require("onnxruntime", "export")
+    elif fmt == "safetensors":
+        require("safetensors", "export")
+
+
 def export_model(
     target: str | os.PathLike | dict[str, Any],
     fmt: str,
     out: str | os.PathLike,
     *,
-    data: str | None = None,
-    data_dir: str | None = None,
-    cache_dir: str | None = None,
+    bundle: DataBundle | None = None,
     check: bool = True,
 ) -> dict[str, Any]:
-    """Export a run's newest checkpoint (or a checkpoint file or dict) to ``out``.
+    """Export a run's newest checkpoint (or a checkpoint file or dict) to the file ``out``.
 
-    ``fmt``: one of FORMATS. For ONNX with ``check``, the result holds ``check``: the
-    max abs logit difference against PyTorch and whether the predictions agree, measured with
-    onnxruntime on test images of ``data`` (random images without it).
+    ``fmt``: one of FORMATS. Returns ``format``, ``out``, ``checkpoint`` (where it came from)
+    and ``bytes``; for ONNX also ``exporter`` and, with ``check``, ``check``: the max abs
+    logit difference against PyTorch and whether the predictions agree, measured with
+    onnxruntime on :func:`check_images` of ``bundle`` before the file is moved into place.
+    ``out`` is written atomically: on any failure no partial or temporary file is left.
     """
-    from .checkpoint import resolve_checkpoint
-    from .evaluate import load_model
-
     if fmt not in FORMATS:
         raise UsageError(f"unknown export format {fmt!r}; valid formats: {', '.join(FORMATS)}")
     if isinstance(target, dict):
@@ -175,103 +302,29 @@ def export_model(
     out = Path(out)
     if out.is_dir():
         raise UsageError(f"--out {out} is a folder; give a file name such as {out}/model.{fmt}")
-    if fmt == "onnx":  # fail before the work, not after
-        require("onnx", "export")
-        if check:
-            require("onnxruntime", "export")
-    elif fmt == "safetensors":
-        require("safetensors", "export")
-    model = load_model(ckpt, "cpu")
+    require_packages(fmt, check)
+    model = build_model(ckpt, "cpu", where=source)
     size = checkpoint_image_size(ckpt)
     meta = metadata(ckpt["classes"], ckpt["mean"], ckpt["std"], ckpt["model_name"], size)
     example = torch.zeros(2, 3, size, size)
     result: dict[str, Any] = {"format": fmt, "out": str(out), "checkpoint": source}
-    with _atomic_path(out) as tmp:
-        writers: dict[str, Callable[[], Any]] = {
-            "onnx": lambda: _export_onnx(model, example, tmp, meta),
-            "torchscript": lambda: _export_torchscript(model, example, tmp, meta),
-            "safetensors": lambda: _export_safetensors(model, tmp, meta),
-        }
-        exporter = writers[fmt]()
-        if fmt == "onnx":
-            result["exporter"] = exporter
-            if check:
-                images, where = check_images(ckpt, data, data_dir=data_dir, cache_dir=cache_dir)
-                # Load the temporary file by its contents' kind: it has no .onnx suffix yet.
-                onnx_file = tmp.with_name(tmp.name + ".onnx")
-                os.replace(tmp, onnx_file)
-                try:
-                    result["check"] = {
-                        "on": where,
-                        **compare(from_checkpoint(ckpt, source), load_predictor(onnx_file), images),
-                    }
-                finally:
-                    os.replace(onnx_file, tmp)
+    images, where = check_images(ckpt, bundle) if fmt == "onnx" and check else (None, "")
+
+    def write(tmp: Path) -> None:
+        if fmt == "torchscript":
+            _export_torchscript(model, example, tmp, meta)
+        elif fmt == "safetensors":
+            _export_safetensors(model, tmp, meta)
+        else:
+            result["exporter"] = _export_onnx(model, example, tmp, meta)
+            if images is not None:  # on the temporary file, before it is moved onto ``out``
+                reference = predictor_from_checkpoint(ckpt, source)
+                result["check"] = {"on": where, **compare(reference, _load_onnx(tmp), images)}
+
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot write {out}: {e.strerror or e}; choose another --out") from None
+    write_atomic(out, write, "choose another --out")
     result["bytes"] = out.stat().st_size
     return result
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "export",
-        help="write a model as ONNX, TorchScript or safetensors, with its class names "
-        "and normalisation",
-        description="Export a run's newest checkpoint (or a .pt file). "
-        "The file carries the class names, mean/std and image size; `cifar-resnet predict "
-        "FILE` reads it. ONNX exports are checked against PyTorch with onnxruntime.",
-    )
-    p.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
-    p.add_argument(
-        "--format",
-        dest="format",
-        choices=FORMATS,
-        required=True,
-        help="onnx (onnxruntime, other languages), torchscript (C++ libtorch), or "
-        "safetensors (weights only, safe to load from anyone)",
-    )
-    p.add_argument("--out", required=True, metavar="FILE", help="the file to write")
-    from .cli import add_data_flags
-
-    add_data_flags(
-        p,
-        required=False,
-        data_help="check the ONNX file on this dataset's test images (the one "
-        "the model was trained on) instead of random images",
-    )
-    p.add_argument(
-        "--no-check",
-        dest="check",
-        action="store_false",
-        help="skip the onnxruntime comparison after an ONNX export",
-    )
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=run)
-    return p
-
-
-def run(args: argparse.Namespace) -> int:
-    result = export_model(
-        args.target,
-        args.format,
-        args.out,
-        data=args.data,
-        data_dir=args.data_dir,
-        cache_dir=args.cache_dir,
-        check=args.check,
-    )
-    if args.json:
-        print(json.dumps(result))
-        return 0
-    print(
-        f"wrote {result['out']} ({result['format']}, {result['bytes']:,} bytes) from "
-        f"{result['checkpoint']}"
-    )
-    if "check" in result:
-        c = result["check"]
-        print(
-            f"onnxruntime vs PyTorch on {c['on']}: max abs logit difference "
-            f"{c['max_abs_diff']:.2e}, predictions "
-            f"{'equal' if c['predictions_equal'] else 'differ'} "
-            f"({100 * c['agreement']:.1f}% agree)"
-        )
-    return 0

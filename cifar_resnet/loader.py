@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .config import TrainConfig
+
 
 def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
     """Indices outside 0..size-1 mirrored back in (``-1 -> 1``, ``size -> size - 2``)."""
@@ -93,10 +95,6 @@ class DeviceLoader:
         if not self.train:
             n = len(self._eval_shard())
         return -(-n // self.batch_size)
-
-    @property
-    def num_samples(self) -> int:
-        return len(self.labels)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -193,3 +191,62 @@ class DeviceLoader:
         if not self.channels_last:
             x = x.contiguous()
         return x
+
+
+def train_loader(
+    images: np.ndarray,
+    labels: np.ndarray,
+    config: TrainConfig,
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    device: torch.device | str = "cpu",
+    channels_last: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+) -> DeviceLoader:
+    """The training loader of a run: shuffled and augmented as ``config`` says."""
+    return DeviceLoader(
+        images,
+        labels,
+        config.batch_size,
+        device=device,
+        train=True,
+        padding=config.padding,
+        pad_mode=config.pad_mode,
+        flip=config.flip,
+        alt_flip=config.alt_flip,
+        mean=mean,
+        std=std,
+        seed=config.seed,
+        channels_last=channels_last,
+        rank=rank,
+        world_size=world_size,
+    )
+
+
+def eval_loader(
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    device: torch.device | str = "cpu",
+    channels_last: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+) -> DeviceLoader:
+    """An evaluation loader: the images in order, unaugmented, sharded across ranks."""
+    return DeviceLoader(
+        images,
+        labels,
+        batch_size,
+        device=device,
+        train=False,
+        mean=mean,
+        std=std,
+        channels_last=channels_last,
+        rank=rank,
+        world_size=world_size,
+    )

@@ -51,6 +51,12 @@ def create_model(name: str, num_classes: int = 10) -> nn.Module:
     return _REGISTRY[name](num_classes=num_classes)
 
 
+def min_input_size(name: str) -> int:
+    """The smallest image side a registered model takes: ``fastnet``'s 2x2 stem without
+    padding and three 2x2 max-pools need 9 pixels; the ResNets pad and take any size."""
+    return 9 if name.startswith("fastnet") else 1
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -1,32 +1,39 @@
 """A run's report: PNG plots and a ``report.md`` that shows them with the key figures.
 
 From ``RUN/metrics.csv`` alone: ``curves.png`` (loss, accuracy and learning rate per epoch).
-With the data the run was trained on, the newest checkpoint is evaluated on the test split
-(the same images ``cifar-resnet evaluate`` uses) for ``confusion.png``, ``per_class.png``
-and ``wrong.png`` (the test images the model got wrong with the highest confidence).
+With the data the run was trained on, the newest checkpoint is evaluated on the run's test
+images (the ones ``cifar-resnet evaluate`` uses, through :mod:`cifar_resnet.evaluate`) for
+``confusion.png``, ``per_class.png`` and ``wrong.png`` (the test images the model got wrong
+with the highest confidence).
 
 Plots are drawn with matplotlib's Agg renderer through ``Figure`` objects, never pyplot, so
-nothing changes the caller's backend. Every file is written to a temporary name and moved
-into place with ``os.replace``: a report is either the old one or the new one.
+nothing changes the caller's backend. Class names are shown as plain text, never as mathtext
+or TeX (a folder may be named ``$x^2$``). Every file is written through
+:func:`cifar_resnet.files.write_atomic`: a report file is either the old one or the new one.
 """
 
 from __future__ import annotations
 
-import argparse
-import csv
-import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+import torch
 
-from .checkpoint import write_file_atomic
-from .errors import UsageError
-from .predict import require
-
-if TYPE_CHECKING:
-    from .data import DataBundle
+from .checkpoint import (
+    checkpoint_config,
+    checkpoint_path,
+    describe_checkpoint,
+    load_checkpoint,
+    resolve_checkpoint,
+)
+from .data import DataBundle, eval_split
+from .errors import CheckpointError, UsageError, require
+from .evaluate import check_classes, predictor_from_checkpoint, summarize
+from .files import write_atomic, write_text_atomic
+from .models import count_parameters, create_model
+from .rundir import read_csv, read_json, read_metrics
 
 DPI = 100
 CURVES_SIZE = (15, 4.5)  # inches: 1500 x 450 pixels at DPI
@@ -34,38 +41,14 @@ CONFUSION_SIZE = (8, 8)
 PER_CLASS_SIZE = (10, 4.5)
 WRONG_SIZE = (10, 11)
 WRONG_COUNT = 16  # images in the most-confidently-wrong grid
-
-
-def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, float | None]]:
-    """RUN/metrics.csv as dicts of floats; an empty cell (not evaluated that epoch) is None."""
-    path = Path(run_dir) / "metrics.csv"
-    if not path.is_file():
-        raise UsageError(
-            f"no metrics.csv in {run_dir}; pass a run folder written by `cifar-resnet train --out`"
-        )
-    with path.open(newline="") as f:
-        rows = [
-            {k: (float(v) if v not in ("", None) else None) for k, v in row.items()}
-            for row in csv.DictReader(f)
-        ]
-    if not rows:
-        raise UsageError(f"{path} has no epochs yet; report after the first epoch")
-    return rows
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
+CONFUSION_TITLE = "confusion matrix (cells: image counts; colour: share of the true class)"
+# Text properties for anything that shows a class name: the string as it is, never parsed as
+# mathtext ($...$) or handed to TeX (whatever rcParams["text.usetex"] says).
+PLAIN = {"parse_math": False, "usetex": False}
 
 
 def _save(fig, path: Path) -> Path:
-    return write_file_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
-
-
-def _write_text(path: Path, text: str) -> Path:
-    return write_file_atomic(path, lambda tmp: tmp.write_text(text))
+    return write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
 
 
 def _series(rows: list[dict[str, float | None]], key: str) -> tuple[list[float], list[float]]:
@@ -73,8 +56,15 @@ def _series(rows: list[dict[str, float | None]], key: str) -> tuple[list[float],
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
-def plot_curves(rows: list[dict[str, float | None]], path: Path) -> Path:
-    """Loss and accuracy per epoch for train, val (if any) and test, and the learning rate."""
+def plot_curves(
+    rows: list[dict[str, float | None]],
+    path: Path,
+    steps: list[dict[str, float | None]] | None = None,
+    steps_per_epoch: int | None = None,
+) -> Path:
+    """Loss and accuracy per epoch for train, val (if any) and test, and the learning rate
+    per step: at every logged step (RUN/steps.csv) and every epoch's last step, on an axis
+    in epochs, so warm-up and one-cycle shapes show."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
@@ -91,27 +81,40 @@ def plot_curves(rows: list[dict[str, float | None]], path: Path) -> Path:
     for ax in (loss_ax, acc_ax):
         ax.grid(alpha=0.3)
         ax.legend()
-    x, y = _series(rows, "lr")
+    x, y = _lr_points(rows, steps or [], steps_per_epoch)
     lr_ax.plot(x, y, color="tab:purple", marker="o" if len(y) < 30 else None, markersize=3)
-    lr_ax.set(title="learning rate (last step of each epoch)", xlabel="epoch")
+    lr_ax.set(title="learning rate per step", xlabel="epoch", ylim=(0, 1.1 * max(y)))
     lr_ax.grid(alpha=0.3)
+    last = max(r["epoch"] for r in rows)
     for ax in (loss_ax, acc_ax, lr_ax):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+        ax.set_xlim(0 if ax is lr_ax else 0.5, last + 0.5)  # one epoch: not 0.95..1.05
     return _save(fig, path)
 
 
+def _lr_points(rows, steps, steps_per_epoch) -> tuple[list[float], list[float]]:
+    """(epoch, lr) of every logged step and every epoch's last step, in step order."""
+    points = [(r["epoch"], r["step"], r["lr"]) for r in rows if r.get("lr") is not None]
+    if steps_per_epoch:
+        points += [(s["step"] / steps_per_epoch, s["step"], s["lr"]) for s in steps]
+    points.sort(key=lambda p: p[1])
+    return [p[0] for p in points], [p[2] for p in points]
+
+
 def plot_confusion(confusion: np.ndarray, classes: list[str], path: Path) -> Path:
-    """Rows: true class, columns: predicted; each cell shows its count."""
+    """Rows: true class, columns: predicted; each cell shows its image count (up to 20
+    classes), its colour the count's share of the true class's images."""
     from matplotlib.figure import Figure
 
+    confusion = np.asarray(confusion)
     fig = Figure(figsize=CONFUSION_SIZE, layout="constrained")
     ax = fig.subplots()
     shares = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
     im = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
     n = len(classes)
-    ax.set_xticks(range(n), classes, rotation=45, ha="right")
-    ax.set_yticks(range(n), classes)
-    ax.set(xlabel="predicted", ylabel="true", title="confusion matrix (colour: share of row)")
+    ax.set_xticks(range(n), classes, rotation=45, ha="right", **PLAIN)
+    ax.set_yticks(range(n), classes, **PLAIN)
+    ax.set(xlabel="predicted", ylabel="true", title=CONFUSION_TITLE)
     if n <= 20:
         for i in range(n):
             for j in range(n):
@@ -124,11 +127,12 @@ def plot_confusion(confusion: np.ndarray, classes: list[str], path: Path) -> Pat
                     fontsize=8,
                     color="white" if shares[i, j] > 0.5 else "black",
                 )
-    fig.colorbar(im, ax=ax, shrink=0.8)
+    fig.colorbar(im, ax=ax, shrink=0.8, label="share of the true class")
     return _save(fig, path)
 
 
 def plot_per_class(per_class: np.ndarray, classes: list[str], overall: float, path: Path) -> Path:
+    """Test accuracy (percent) of each class as bars, the overall accuracy as a line."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=PER_CLASS_SIZE, layout="constrained")
@@ -137,7 +141,7 @@ def plot_per_class(per_class: np.ndarray, classes: list[str], overall: float, pa
     ax.axhline(overall, color="tab:red", linestyle="--", label=f"overall {overall:.1f}%")
     if len(classes) <= 20:
         ax.bar_label(bars, fmt="%.0f", fontsize=8)
-    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", **PLAIN)
     ax.set(ylim=(0, 105), ylabel="accuracy (%)", title="per-class test accuracy")
     ax.legend(loc="lower right")
     return _save(fig, path)
@@ -151,7 +155,8 @@ def plot_wrong(
     path: Path,
     count: int = WRONG_COUNT,
 ) -> tuple[Path, int]:
-    """A grid of the ``count`` wrong predictions with the highest predicted probability."""
+    """A grid of the ``count`` wrong predictions with the highest predicted probability;
+    returns the file and how many images it shows."""
     from matplotlib.figure import Figure
 
     pred = probs.argmax(1)
@@ -170,6 +175,7 @@ def plot_wrong(
             f"{100 * probs[i, pred[i]]:.0f}%",
             fontsize=9,
             color="tab:red",
+            **PLAIN,
         )
     fig.suptitle(
         "most confidently wrong test images" if len(wrong) else "no test image was misclassified"
@@ -177,53 +183,56 @@ def plot_wrong(
     return _save(fig, path), len(wrong)
 
 
-def split_predictions(
-    run_dir: str | os.PathLike,
-    data: str | DataBundle,
-    *,
-    data_dir: str | None = None,
-    cache_dir: str | None = None,
-) -> dict[str, Any]:
-    """The newest checkpoint's class probabilities on the run's test images.
+def report_checkpoint(run_dir: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
+    """The checkpoint the report's figures come from: the one written at the end of the last
+    epoch in metrics.csv (so the report agrees with its own table even when a Ctrl-C saved a
+    newer, mid-epoch one), else the newest valid one."""
+    rows = read_csv(Path(run_dir) / "metrics.csv")
+    if rows:
+        path = checkpoint_path(run_dir, int(rows[-1]["epoch"]), int(rows[-1]["step"]))
+        if path.is_file():
+            try:
+                return path, load_checkpoint(path)
+            except CheckpointError:
+                pass
+    return resolve_checkpoint(run_dir)
 
-    The same images as ``cifar-resnet evaluate``: the test split, subset by the run's
-    ``limit_test`` and ``seed``. Evaluated in fp32 on the CPU. ``data`` is a dataset spec
-    or, straight after training, the run's already loaded ``DataBundle``.
+
+def split_predictions(run_dir: str | os.PathLike, bundle: DataBundle) -> dict[str, Any]:
+    """The final checkpoint's (:func:`report_checkpoint`) class probabilities on the run's
+    test images, and the figures of that evaluation.
+
+    The same images as ``cifar-resnet evaluate``: the test split under the run's
+    ``limit_test``, ``val_split`` and ``seed``, with the run's test-time augmentation, in
+    fp32 on the CPU. ``bundle``: the data the run was trained on, decoded at its image size.
+    Returns ``checkpoint``, ``state`` (where in the run it was taken), ``tta``, ``classes``,
+    ``images``, ``labels``, ``probs`` (float64, N x classes) and ``result``
+    (:func:`cifar_resnet.evaluate.summarize`'s loss, accuracy, per-class accuracy and
+    confusion matrix).
     """
-    from .checkpoint import resolve_checkpoint
-    from .data import subset
-    from .errors import DataError
-    from .evaluate import load_run_data
-    from .predict import from_checkpoint
-
-    path, ckpt = resolve_checkpoint(run_dir)
-    config = ckpt.get("config", {})
-    bundle = (
-        load_run_data(ckpt, data, data_dir=data_dir, cache_dir=cache_dir)
-        if isinstance(data, str)
-        else data
+    path, ckpt = report_checkpoint(run_dir)
+    check_classes(bundle, ckpt, str(path))
+    config = checkpoint_config(ckpt, path)
+    test = eval_split(
+        bundle, "test", val_split=config.val_split, limit_test=config.limit_test, seed=config.seed
     )
-    if list(bundle.classes) != list(ckpt["classes"]):
-        raise DataError(
-            f"the data's classes {bundle.classes[:4]}... differ from the "
-            f"checkpoint's {ckpt['classes'][:4]}...; pass the --data it was "
-            "trained on"
-        )
-    test = subset(bundle.test, config.get("limit_test") or None, int(config.get("seed", 0)))
-    logits = from_checkpoint(ckpt, str(path)).logits(test.images).astype(np.float64)
-    logits -= logits.max(1, keepdims=True)
-    probs = np.exp(logits)
-    probs /= probs.sum(1, keepdims=True)
+    predictor = predictor_from_checkpoint(ckpt, str(path))
+    probs = predictor.probabilities(test.images, tta=config.tta)
+    labels = torch.from_numpy(np.asarray(test.labels, dtype=np.int64))
     n = len(ckpt["classes"])
-    confusion = np.zeros((n, n), dtype=np.int64)
-    np.add.at(confusion, (test.labels, probs.argmax(1)), 1)
+    pred = torch.from_numpy(probs.argmax(1))
+    confusion = torch.bincount(labels * n + pred, minlength=n * n).view(n, n)
+    picked = torch.from_numpy(probs)[torch.arange(len(labels)), labels]
+    loss_sum = float(-torch.log(picked.clamp(min=1e-300)).sum())
     return {
         "checkpoint": str(path),
+        "state": describe_checkpoint(ckpt),
+        "tta": config.tta,
         "classes": list(ckpt["classes"]),
         "images": test.images,
         "labels": test.labels,
         "probs": probs,
-        "confusion": confusion,
+        "result": summarize(loss_sum, confusion),
     }
 
 
@@ -238,64 +247,44 @@ def _parameters(run: dict[str, Any], summary: dict[str, Any]) -> int | None:
     if summary.get("parameters"):
         return int(summary["parameters"])
     if run.get("model_name") and run.get("classes"):
-        from .models import count_parameters, create_model
-
         return count_parameters(create_model(run["model_name"], len(run["classes"])))
     return None
 
 
-def write_report(
-    run_dir: str | os.PathLike,
-    data: str | DataBundle | None = None,
-    *,
-    data_dir: str | None = None,
-    cache_dir: str | None = None,
-) -> list[Path]:
-    """Write the run's plots and ``report.md`` into ``run_dir``; returns the files written.
+def _markdown_text(text: str) -> str:
+    """``text`` as literal Markdown: a class name is never markup (math, emphasis, a table
+    cell's end)."""
+    return "".join("\\" + c if c in "\\`*_[]<>|$#" else c for c in text)
 
-    Without ``data``, only the training curves; with the data the run was trained on, also
-    the confusion matrix, per-class accuracy and the most confidently wrong test images.
-    Needs matplotlib (``pip install 'cifar-resnet[report]'``).
-    """
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise UsageError(f"run folder {run_dir} does not exist")
-    require("matplotlib", "report")
-    rows = read_metrics(run_dir)
-    run = _read_json(run_dir / "run.json")
-    summary = _read_json(run_dir / "summary.json")
-    written = [plot_curves(rows, run_dir / "curves.png")]
 
+def _summary_lines(run_dir: Path, rows: list[dict[str, float | None]]) -> list[str]:
+    """The report's heading, its table of key figures and the training curves' section."""
+    run = read_json(run_dir / "run.json")
+    summary = read_json(run_dir / "summary.json")
     tested = [r for r in rows if r.get("test_acc") is not None]
-    best = max(tested, key=lambda r: r["test_acc"]) if tested else None
-    final = summary.get("test_accuracy", tested[-1]["test_acc"] if tested else None)
+    final = tested[-1]["test_acc"] if tested else None  # the last epoch that was tested
     params = _parameters(run, summary)
-    model = summary.get("model") or run.get("model_name", "?")
-    preset = summary.get("preset") or run.get("preset", "?")
     wall = summary.get("wall_seconds", rows[-1].get("wall_seconds"))
     lines = [
         f"# Run report: {run_dir.name}",
         "",
         "| | |",
         "|---|---|",
-        f"| model | {model} |",
-        f"| preset | {preset} |",
+        f"| model | {summary.get('model') or run.get('model_name', '?')} |",
+        f"| preset | {summary.get('preset') or run.get('preset', '?')} |",
         f"| parameters | {params:,} |" if params else "| parameters | n/a |",
         f"| epochs | {int(rows[-1]['epoch'])} ({int(rows[-1]['step'])} steps) |",
-        f"| final test accuracy | {final:.2f}% |"
+        f"| final test accuracy | {final:.2f}% (epoch {int(tested[-1]['epoch'])}) |"
         if final is not None
         else "| final test accuracy | n/a |",
-        f"| best test accuracy | {best['test_acc']:.2f}% (epoch {int(best['epoch'])}) |"
-        if best
-        else "| best test accuracy | n/a |",
-    ]
+    ]  # no "best test accuracy": models are chosen on validation images, never on the test
     val = [r for r in rows if r.get("val_acc") is not None]
     if val:
         best_val = max(val, key=lambda r: r["val_acc"])
         lines.append(
             f"| best val accuracy | {best_val['val_acc']:.2f}% (epoch {int(best_val['epoch'])}) |"
         )
-    lines += [
+    return lines + [
         f"| wall time | {_fmt_seconds(wall)} |",
         f"| train / test images | {run.get('train_images', '?')} / {run.get('test_images', '?')} |",
         f"| device, precision | {run.get('device', '?')}, {run.get('precision', '?')} |",
@@ -305,73 +294,77 @@ def write_report(
         "![loss, accuracy and learning rate per epoch](curves.png)",
         "",
     ]
-    if data is not None:
-        t = split_predictions(run_dir, data, data_dir=data_dir, cache_dir=cache_dir)
-        confusion, classes = t["confusion"], t["classes"]
-        per_class = 100 * np.diag(confusion) / np.maximum(confusion.sum(1), 1)
-        overall = 100 * np.trace(confusion) / max(int(confusion.sum()), 1)
-        written.append(plot_confusion(confusion, classes, run_dir / "confusion.png"))
-        written.append(plot_per_class(per_class, classes, overall, run_dir / "per_class.png"))
-        wrong_png, shown = plot_wrong(
-            t["images"], t["labels"], t["probs"], classes, run_dir / "wrong.png"
-        )
-        written.append(wrong_png)
-        lines += [
-            f"## Test set: {overall:.2f}% of {int(confusion.sum())} images",
-            "",
-            f"Checkpoint `{Path(t['checkpoint']).relative_to(run_dir)}`, fp32 on the CPU.",
-            "",
-            "![confusion matrix](confusion.png)",
-            "",
-            "![per-class accuracy](per_class.png)",
-            "",
-            "| class | accuracy | correct / images |",
-            "|---|---|---|",
-            *[
-                f"| {c} | {a:.1f}% | {confusion[i, i]} / {confusion[i].sum()} |"
-                for i, (c, a) in enumerate(zip(classes, per_class))
-            ],
-            "",
-            f"## The {shown} most confidently wrong test images",
-            "",
-            "![most confidently wrong test images](wrong.png)",
-            "",
-        ]
+
+
+def _test_section(run_dir: Path, bundle: DataBundle, written: list[Path]) -> list[str]:
+    """Evaluate the newest checkpoint on the run's test images, draw its three plots (added
+    to ``written``) and return the report's section about them."""
+    t = split_predictions(run_dir, bundle)
+    r, classes = t["result"], t["classes"]
+    confusion, per_class = np.array(r["confusion"]), r["per_class_accuracy"]
+    written.append(plot_confusion(confusion, classes, run_dir / "confusion.png"))
+    written.append(plot_per_class(per_class, classes, r["accuracy"], run_dir / "per_class.png"))
+    wrong_png, shown = plot_wrong(
+        t["images"], t["labels"], t["probs"], classes, run_dir / "wrong.png"
+    )
+    written.append(wrong_png)
+    checkpoint = Path(t["checkpoint"])
+    if checkpoint.is_relative_to(run_dir):
+        checkpoint = checkpoint.relative_to(run_dir)
+    return [
+        f"## Test set: {r['accuracy']:.2f}% of {r['count']} images",
+        "",
+        f"Checkpoint `{checkpoint}` ({t['state']}), fp32 on the CPU"
+        + (f", test-time augmentation level {t['tta']}." if t["tta"] else "."),
+        "",
+        "![confusion matrix](confusion.png)",
+        "",
+        "![per-class accuracy](per_class.png)",
+        "",
+        "| class | accuracy | correct / images |",
+        "|---|---|---|",
+        *[
+            f"| {_markdown_text(c)} | {a:.1f}% | {confusion[i, i]} / {confusion[i].sum()} |"
+            for i, (c, a) in enumerate(zip(classes, per_class))
+        ],
+        "",
+        f"## The {shown} most confidently wrong test images",
+        "",
+        "![most confidently wrong test images](wrong.png)",
+        "",
+    ]
+
+
+def check_run(run_dir: str | os.PathLike) -> list[dict[str, float | None]]:
+    """What a report needs before any work (a caller runs it before loading the data): the
+    run folder, its metrics (returned, as :func:`read_metrics`) and matplotlib."""
+    if not Path(run_dir).is_dir():
+        raise UsageError(f"run folder {run_dir} does not exist")
+    require("matplotlib", "report")
+    return read_metrics(run_dir)
+
+
+def write_report(run_dir: str | os.PathLike, bundle: DataBundle | None = None) -> list[Path]:
+    """Write the run's plots and ``report.md`` into ``run_dir``; returns the files written.
+
+    Without ``bundle``, only the training curves; with the data the run was trained on
+    (decoded at the run's image size), also the confusion matrix, per-class accuracy and the
+    most confidently wrong test images. Needs matplotlib (``pip install
+    'cifar-resnet[report]'``).
+    """
+    run_dir = Path(run_dir)
+    rows = check_run(run_dir)
+    steps_per_epoch = read_json(run_dir / "run.json").get("steps_per_epoch")
+    steps = read_csv(run_dir / "steps.csv")
+    written = [plot_curves(rows, run_dir / "curves.png", steps, steps_per_epoch)]
+    lines = _summary_lines(run_dir, rows)
+    if bundle is not None:
+        lines += _test_section(run_dir, bundle, written)
     else:
         lines += [
             "Run `cifar-resnet report RUN --data DATA` for the confusion matrix, "
             "per-class accuracy and the misclassified images.",
             "",
         ]
-    written.append(_write_text(run_dir / "report.md", "\n".join(lines)))
+    written.append(write_text_atomic(run_dir / "report.md", "\n".join(lines)))
     return written
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "report",
-        help="plots and report.md for a run (needs matplotlib)",
-        description="Write curves.png and report.md into a run folder; with --data also the "
-        "confusion matrix, per-class accuracy and the most confidently wrong test images.",
-    )
-    p.add_argument("run_dir", metavar="RUN_DIR")
-    # Without --data, curves only.
-    from .cli import add_data_flags
-
-    add_data_flags(
-        p,
-        required=False,
-        data_help="the data the run was trained on, to evaluate its newest "
-        "checkpoint on the test split for the confusion matrix and error plots",
-    )
-    p.set_defaults(func=run)
-    return p
-
-
-def run(args: argparse.Namespace) -> int:
-    written = write_report(
-        args.run_dir, args.data, data_dir=args.data_dir, cache_dir=args.cache_dir
-    )
-    for path in written:
-        print(f"wrote {path}")
-    return 0

@@ -3,7 +3,7 @@ import torch
 
 from cifar_resnet.config import PRESETS, TrainConfig, config_to_toml, resolve_config, tomllib
 from cifar_resnet.errors import UsageError
-from cifar_resnet.schedule import lr_at
+from cifar_resnet.optim import lr_at
 
 
 def test_seed_preset_is_the_post():
@@ -39,8 +39,23 @@ def test_paper_preset_is_he_et_al():
 
 
 def test_flags_override_file_override_preset():
-    _, c = resolve_config("paper", {"lr": 0.05, "epochs": 7}, {"lr": 0.01})
-    assert (c.lr, c.epochs, c.model) == (0.01, 7, "resnet20")
+    _, c = resolve_config("paper", {"lr": 0.05, "weight_decay": 3e-4}, {"lr": 0.01})
+    assert (c.lr, c.weight_decay, c.model) == (0.01, 3e-4, "resnet20")
+
+
+def test_a_length_flag_is_honoured_or_refused_never_ignored():
+    """--epochs over a recipe defined in steps is refused (it used to be ignored: --preset
+    paper --epochs 2 trained 64000 steps); --steps moves the lr milestones in proportion."""
+    with pytest.raises(UsageError, match="--epochs has no effect here.*steps = 64000"):
+        resolve_config("paper", None, {"epochs": 2})
+    _, c = resolve_config("paper", None, {"steps": 800})
+    assert (c.steps, c.lr_milestones) == (800, [400, 600])
+    _, c = resolve_config("paper", None, {"steps": 0, "epochs": 2})
+    assert (c.steps, c.epochs) == (0, 2)
+    _, c = resolve_config("paper", None, {"steps": 800, "lr_milestones": [100]})
+    assert c.lr_milestones == [100]  # given milestones are kept as given
+    _, c = resolve_config("seed", None, {"epochs": 2})
+    assert c.epochs == 2
 
 
 def test_toml_round_trip():

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import errno
 import functools
+import gzip
 import hashlib
 import http.server
 import io
 import os
 import pickle
+import signal
+import subprocess
+import sys
 import tarfile
 import threading
+import time
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,19 +24,24 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cifar_resnet import data as data_module
 from cifar_resnet.data import (
     CIFAR_ARCHIVES,
+    HALF,
     ArraySplit,
+    DataBundle,
     RestrictedUnpickler,
     channel_stats,
     decode_image,
+    eval_split,
     load_data,
+    run_splits,
     split_validation,
     stratified_indices,
     subset,
 )
-from cifar_resnet.errors import DataError
+from cifar_resnet.data import cifar as cifar_module
+from cifar_resnet.data import decode as decode_module
+from cifar_resnet.errors import DataError, UsageError
 
 SHARED = Path(os.environ.get("CIFAR_RESNET_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 
@@ -248,8 +260,8 @@ def test_image_folder_loads(tmp_path: Path) -> None:
 def test_image_folder_parallel_matches_serial(tmp_path: Path, monkeypatch) -> None:
     root = _make_folder(tmp_path / "ds", per_class=6)
     serial = load_data(str(root), cache_dir=str(tmp_path / "c1"))
-    monkeypatch.setattr(data_module, "PARALLEL_THRESHOLD", 4)
-    monkeypatch.setattr(data_module, "_worker_count", lambda: 2)
+    monkeypatch.setattr(decode_module, "PARALLEL_THRESHOLD", 4)
+    monkeypatch.setattr(decode_module, "_worker_count", lambda: 2)
     parallel = load_data(str(root), cache_dir=str(tmp_path / "c2"))
     np.testing.assert_array_equal(serial.train.images, parallel.train.images)
     np.testing.assert_array_equal(serial.test.labels, parallel.test.labels)
@@ -306,6 +318,145 @@ def test_mixed_sizes_need_image_size(tmp_path: Path) -> None:
         load_data(str(root), image_size=0, cache_dir=str(tmp_path / "cache"))
 
 
+def _loop_in_file(root: Path) -> Path:
+    (root / "train" / "cat" / "loop").symlink_to("loop")
+    return root / "train" / "cat" / "loop"
+
+
+def _loop_in_pair(root: Path) -> Path:
+    (root / "test" / "dog" / "a.png").symlink_to("b.png")
+    (root / "test" / "dog" / "b.png").symlink_to("a.png")
+    return root / "test" / "dog"
+
+
+def _loop_as_class(root: Path) -> Path:
+    (root / "train" / "bird").symlink_to("bird")
+    return root / "train" / "bird"
+
+
+def _loop_as_split(root: Path) -> Path:
+    for path in sorted((root / "test").rglob("*"), reverse=True):
+        path.rmdir() if path.is_dir() else path.unlink()
+    (root / "test").rmdir()
+    (root / "test").symlink_to("test")
+    return root / "test"
+
+
+@pytest.mark.parametrize(
+    "make_loop", [_loop_in_file, _loop_in_pair, _loop_as_class, _loop_as_split]
+)
+def test_symlink_loop_is_one_line_error(tmp_path: Path, make_loop) -> None:
+    root = _make_folder(tmp_path / "ds")
+    where = make_loop(root)
+    with pytest.raises(DataError) as info:
+        load_data(str(root), cache_dir=str(tmp_path / "cache"))
+    message = str(info.value)
+    assert os.strerror(errno.ELOOP) in message and str(where) in message
+    assert "\n" not in message
+
+
+_SLOW_DECODE = """
+import multiprocessing, sys, time
+from cifar_resnet.data import decode, load_data
+
+multiprocessing.set_start_method("fork")  # the workers inherit the slow decode below
+decode.PARALLEL_THRESHOLD = 100
+decode._worker_count = lambda: 2
+fast = decode.decode_image
+
+def slow(path, image_size=None, **kwargs):
+    time.sleep(0.005)
+    return fast(path, image_size, **kwargs)
+
+decode.decode_image = slow
+load_data(sys.argv[1], cache_dir=sys.argv[2])
+"""
+
+
+def _children(pid: int) -> set[int]:
+    """The processes whose parent is ``pid``, from /proc."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")  # a zombie has exited
+
+
+def _poll(condition, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc and fork")
+@pytest.mark.parametrize(
+    ("signum", "group"),
+    [(signal.SIGTERM, False), (signal.SIGINT, True)],  # a service stopped; Ctrl-C in a terminal
+    ids=["sigterm", "ctrl-c"],
+)
+def test_interrupted_parallel_decode_leaves_no_workers(
+    tmp_path: Path, signum: int, group: bool
+) -> None:
+    png = io.BytesIO()
+    _solid((1, 2, 3)).save(png, format="PNG")
+    for split, n in (("train", 2600), ("test", 400)):
+        folder = tmp_path / "ds" / split / "cat"
+        folder.mkdir(parents=True)
+        for i in range(n):
+            (folder / f"{i:04d}.png").write_bytes(png.getvalue())
+    stderr = tmp_path / "stderr"
+    with open(stderr, "wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _SLOW_DECODE, str(tmp_path / "ds"), str(tmp_path / "cache")],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            start_new_session=True,
+        )
+    workers: set[int] = set()
+
+    def pool_started() -> bool:
+        workers.update(_children(proc.pid))
+        return len(workers) >= 2
+
+    try:
+        # Decoding has started once the pool's two workers exist (they need ~8 s to finish).
+        assert _poll(pool_started, 30), "the decoding pool never started"
+        if group:
+            os.killpg(proc.pid, signum)
+        else:
+            proc.send_signal(signum)
+        proc.wait(timeout=30)
+        assert _poll(lambda: not any(map(_running, workers)), 10), "orphaned decode workers"
+    finally:
+        proc.kill()
+        proc.wait()
+        for pid in workers:  # only on failure: the orphans this test made
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
+    lines = stderr.read_bytes().splitlines()
+    if signum == signal.SIGTERM:
+        assert proc.returncode == -signal.SIGTERM  # dies by the signal, as without a pool
+        assert lines == []
+    else:
+        assert proc.returncode != 0
+        assert lines.count(b"KeyboardInterrupt") == 1  # the parent's: the workers ignore it
+
+
 # --------------------------------------------------------------------------------------------
 # Cache
 
@@ -319,7 +470,7 @@ def test_cache_reused_without_decoding(tmp_path: Path, monkeypatch) -> None:
     def refuse(*args, **kwargs):
         raise AssertionError("decoded again despite the cache")
 
-    monkeypatch.setattr(data_module, "decode_image", refuse)
+    monkeypatch.setattr(decode_module, "decode_image", refuse)
     second = load_data(str(root), cache_dir=str(cache))
     np.testing.assert_array_equal(first.train.images, second.train.images)
     np.testing.assert_array_equal(first.test.labels, second.test.labels)
@@ -548,6 +699,78 @@ def test_tar_links_are_not_followed(tmp_path: Path) -> None:
         load_data(str(archive), cache_dir=str(tmp_path / "cache"))
 
 
+def _zeros_member(tar: tarfile.TarFile, name: str, size: int) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    tar.addfile(info, io.BytesIO(bytes(size)))
+
+
+def test_oversized_archive_member_refused_before_reading(tmp_path: Path) -> None:
+    # A member 1 byte over the bound: a few kB of tar.gz that would take 40 MB to read.
+    members = _cifar10_members()
+    archive = tmp_path / "big.tar.gz"
+    size = cifar_module.BATCH_LIMIT + 1
+    with tarfile.open(archive, "w:gz", compresslevel=1) as tar:
+        _zeros_member(tar, "cifar-10-batches-py/data_batch_1", size)
+        for name in members:
+            if name != "data_batch_1":
+                _zeros_member(tar, f"cifar-10-batches-py/{name}", 0)
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError) as info:
+            load_data(str(archive), cache_dir=str(tmp_path / "cache"))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(info.value) == (
+        f"archive {archive}: member cifar-10-batches-py/data_batch_1 is {size} bytes, more "
+        f"than a CIFAR batch file can be ({cifar_module.BATCH_LIMIT}); use the official archive"
+    )
+    assert peak < 10_000_000
+
+
+def test_archive_member_claiming_two_gib_refused(tmp_path: Path) -> None:
+    # Only the header: reading the member would fail later, or take 2 GiB if it were there.
+    archive = tmp_path / "claims.tar.gz"
+    info = tarfile.TarInfo("cifar-100-python/train")
+    info.size = 2 << 30
+    with gzip.open(archive, "wb") as gz:
+        gz.write(info.tobuf(format=tarfile.GNU_FORMAT) + bytes(4096))
+    with pytest.raises(DataError, match=r"member cifar-100-python/train is 2147483648 bytes"):
+        load_data(str(archive), cache_dir=str(tmp_path / "cache"))
+
+
+def test_member_bounds_per_file(tmp_path: Path, monkeypatch) -> None:
+    members = _cifar100_members()
+    archive = _write_tar(tmp_path / "c100.tar.gz", "cifar-100-python", members)
+    monkeypatch.setattr(cifar_module, "META_LIMIT", len(members["meta"]) - 1)
+    with pytest.raises(DataError, match=r"member cifar-100-python/meta is \d+ bytes"):
+        load_data(str(archive), cache_dir=str(tmp_path / "cache"))
+    monkeypatch.setattr(cifar_module, "META_LIMIT", len(members["meta"]))
+    monkeypatch.setattr(cifar_module, "BATCH_LIMIT", 1)  # cifar-100's train has its own bound
+    monkeypatch.setattr(cifar_module, "CIFAR100_TRAIN_LIMIT", len(members["train"]))
+    with pytest.raises(DataError, match=r"member cifar-100-python/test is"):
+        load_data(str(archive), cache_dir=str(tmp_path / "cache"))
+    monkeypatch.setattr(cifar_module, "BATCH_LIMIT", len(members["test"]))
+    assert load_data(str(archive), cache_dir=str(tmp_path / "cache")).classes[0] == "class0"
+
+
+def test_oversized_folder_file_refused_before_reading(tmp_path: Path) -> None:
+    folder = _write_folder(tmp_path / "cifar-10-batches-py", _cifar10_members())
+    big = folder / "data_batch_2"
+    size = cifar_module.BATCH_LIMIT + 1
+    with open(big, "r+b") as f:
+        f.truncate(size)  # sparse: no disk space, but 40 MB to read
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match=rf"data_batch_2 is {size} bytes, more than a CIFAR"):
+            load_data(str(folder), cache_dir=str(tmp_path / "cache"))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 10_000_000
+
+
 # --------------------------------------------------------------------------------------------
 # Download
 
@@ -728,3 +951,41 @@ def test_channel_stats() -> None:
     as_float = big.reshape(-1, 3) / 255
     assert mean == pytest.approx(tuple(as_float.mean(0)))
     assert std == pytest.approx(tuple(as_float.std(0)))
+
+
+def _bundle() -> DataBundle:
+    test = _split()
+    test.images = test.images[::-1].copy()  # different ids from the training images
+    return DataBundle(_split(), test, ["a", "b", "c"], "test bundle")
+
+
+def test_run_splits_as_training_sees_them() -> None:
+    bundle = _bundle()
+    run = run_splits(
+        bundle, val_split=60, limit_train=90, limit_test=30, seed=4, normalize="dataset"
+    )
+    rest, val = split_validation(bundle.train, 60, seed=4)
+    np.testing.assert_array_equal(_ids(run.val), _ids(val))
+    np.testing.assert_array_equal(_ids(run.train), _ids(subset(rest, 90, seed=4)))
+    np.testing.assert_array_equal(_ids(run.test), _ids(subset(bundle.test, 30, seed=4)))
+    assert set(_ids(run.train)).isdisjoint(_ids(run.val))
+    assert (run.mean, run.std) == channel_stats(run.train.images)  # of the final train images
+    assert run.classes == ["a", "b", "c"]
+    whole = run_splits(bundle, val_split=0, limit_train=0, limit_test=0, seed=4, normalize="half")
+    assert whole.val is None and whole.train is bundle.train and whole.test is bundle.test
+    assert (whole.mean, whole.std) == HALF
+    with pytest.raises(UsageError, match="--val-split 600 leaves no training images"):
+        run_splits(bundle, val_split=600, limit_train=0, limit_test=0, seed=4, normalize="half")
+
+
+def test_eval_split_matches_run_splits() -> None:
+    bundle = _bundle()
+    kwargs = dict(val_split=60, limit_test=30, seed=9)
+    run = run_splits(bundle, limit_train=100, normalize="half", **kwargs)
+    np.testing.assert_array_equal(_ids(eval_split(bundle, "test", **kwargs)), _ids(run.test))
+    np.testing.assert_array_equal(_ids(eval_split(bundle, "val", **kwargs)), _ids(run.val))
+    assert eval_split(bundle, "test", val_split=0, limit_test=0, seed=9) is bundle.test
+    with pytest.raises(UsageError, match="trained without --val-split; evaluate --split test"):
+        eval_split(bundle, "val", val_split=0, limit_test=0, seed=9)
+    with pytest.raises(UsageError, match="unknown split"):
+        eval_split(bundle, "train", **kwargs)

@@ -15,10 +15,12 @@ from PIL import Image
 
 from cifar_resnet.checkpoint import checkpoint_files
 from cifar_resnet.config import TrainConfig, preset_config, resolve_config
+from cifar_resnet.evaluate import tta_logits
 from cifar_resnet.loader import DeviceLoader
 from cifar_resnet.models import create_model
-from cifar_resnet.schedule import lr_at
-from cifar_resnet.train import Lookahead, Stepper, make_optimizer, tta_logits
+from cifar_resnet.optim import Lookahead, lr_at, make_optimizer, set_lr
+from cifar_resnet.runtime import Runtime
+from cifar_resnet.step import Stepper
 
 
 def test_onecycle_start_and_end_factors_follow_airbench():
@@ -99,12 +101,14 @@ def test_optimizer_groups_scale_norm_lr_and_freeze_the_stem_bias():
     # The seed recipe keeps one group: old checkpoints and the seed's numerics are unchanged.
     assert len(make_optimizer(create_model("seed"), TrainConfig(), "cpu").param_groups) == 1
 
-    stepper = Stepper(model, opt, None, torch.device("cpu"))
+    stepper = Stepper(model, opt, Runtime(torch.device("cpu"), None, False, False, False))
     x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))
-    stepper.step(x, y, 0.5, step=10, total_steps=100)  # within the first 30%: all learn
+    set_lr(opt, 0.5, step=10, total_steps=100)  # within the first 30%: all learn
+    stepper.step(x, y)
     assert float(groups["norm"]["lr"]) == 32.0 and float(groups["stem"]["lr"]) == 0.5
     bias = model.whiten.bias.detach().clone()
-    stepper.step(x, y, 0.5, step=30, total_steps=100)  # after: the stem bias is frozen
+    set_lr(opt, 0.5, step=30, total_steps=100)  # after: the stem bias is frozen
+    stepper.step(x, y)
     assert float(groups["stem"]["lr"]) == 0.0 and torch.equal(model.whiten.bias, bias)
 
 
@@ -228,7 +232,7 @@ def test_fast_preset_resumes_bitwise_mid_lookahead(data16, tmp_path, cache_dir):
 
 
 def test_solve_steps_counts_evaluations_and_saves():
-    from cifar_resnet.train import solve_steps
+    from cifar_resnet.budget import solve_steps
 
     # 100 s, 1 s/step, 10 steps/epoch, a 5 s evaluation every epoch: 65 steps (7 epochs, 7
     # evaluations) take exactly 100 s; one more step would not fit.
@@ -249,14 +253,14 @@ def test_a_wrong_plan_is_corrected_by_the_runs_own_speed(
     from cifar_resnet import train
     from cifar_resnet.data import load_data
 
-    real = train.plan_time_budget
+    real = train.plan_steps
 
     def slow_probe(*args, **kwargs):
         plan = real(*args, **kwargs)
         plan.steps = max(plan.steps // 3, 1)
         return plan
 
-    monkeypatch.setattr(train, "plan_time_budget", slow_probe)
+    monkeypatch.setattr(train, "plan_steps", slow_probe)
     config = TrainConfig(time_budget=12.0, batch_size=8, schedule="onecycle", epochs=1000)
     logs = []
     summary = train.fit(

@@ -1,6 +1,5 @@
 """predict and export: on a model trained for one epoch on a real CIFAR-10 subset."""
 
-import argparse
 import json
 import shutil
 import sys
@@ -13,12 +12,13 @@ import torch
 from conftest import CIFAR_JPEG
 from PIL import Image
 
-from cifar_resnet import export, predict
-from cifar_resnet.checkpoint import resolve_checkpoint
+from cifar_resnet import export
+from cifar_resnet.checkpoint import build_model, resolve_checkpoint
+from cifar_resnet.cli import main
 from cifar_resnet.config import resolve_config
 from cifar_resnet.data import load_data
-from cifar_resnet.errors import CifarResnetError, UsageError
-from cifar_resnet.evaluate import evaluate_checkpoint, load_model
+from cifar_resnet.errors import UsageError
+from cifar_resnet.evaluate import evaluate_checkpoint
 from cifar_resnet.export import export_model
 from cifar_resnet.predict import load_predictor, predict_images
 from cifar_resnet.train import fit
@@ -69,16 +69,13 @@ def trained(tmp_path_factory, cache_dir):
     return run, data, cache_dir
 
 
-def cli(module, *argv) -> int:
-    """Parse and run one subcommand the way cli.main does (errors: one line on stderr)."""
-    parser = argparse.ArgumentParser(prog="cifar-resnet")
-    module.add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args([str(a) for a in argv])
-    try:
-        return module.run(args)
-    except CifarResnetError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
+def cli(*argv) -> int:
+    """Run the command line (errors: one line on stderr) and return its exit code."""
+    return main([str(a) for a in argv])
+
+
+def load_subset(data: Path, cache: Path):
+    return load_data(str(data), cache_dir=str(cache), progress=False)
 
 
 def top1(results) -> dict[str, str]:
@@ -98,11 +95,10 @@ def test_predict_agrees_with_evaluation(trained, capsys):
             (t["probability"] for t in r["top_k"]), reverse=True
         )
         confusion[classes.index(Path(r["path"]).parent.name), classes.index(r["class"])] += 1
-    args = argparse.Namespace(data=str(data), data_dir=None, cache_dir=str(cache))
-    evaluated = evaluate_checkpoint(ckpt, args, {}, device="cpu")
+    evaluated = evaluate_checkpoint(ckpt, load_subset(data, cache), device="cpu")
     assert confusion.tolist() == evaluated["confusion"]  # the same class for every image
 
-    assert cli(predict, "predict", run, data / "test" / classes[0], "--json", "--top-k", 2) == 0
+    assert cli("predict", run, data / "test" / classes[0], "--json", "--top-k", 2) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == TEST_PER_CLASS
     assert all(len(json.loads(line)["top_k"]) == 2 for line in lines)
@@ -119,7 +115,7 @@ def test_predict_any_size_and_mode_skips_bad_files(trained, tmp_path, capsys):
     (tmp_path / "imgs" / "notes.txt").write_text("not an image: ignored inside folders")
     missing = tmp_path / "missing.png"
 
-    assert cli(predict, "predict", run, tmp_path / "imgs", missing, "--tta") == 0
+    assert cli("predict", run, tmp_path / "imgs", missing, "--tta") == 0
     out, err = capsys.readouterr()
     assert sorted(Path(line.split(":")[0]).name for line in out.splitlines()) == [
         "big.png",
@@ -128,7 +124,14 @@ def test_predict_any_size_and_mode_skips_bad_files(trained, tmp_path, capsys):
     assert len(err.splitlines()) == 2
     assert "broken.jpg" in err and "missing.png" in err and "notes.txt" not in err
 
-    assert cli(predict, "predict", run, missing) == 3  # nothing readable: a data error
+    assert cli("predict", run, big, "--tta", 2, "--json") == 0  # --tta LEVEL as evaluate's
+    assert json.loads(capsys.readouterr().out)["path"] == str(big)
+    with pytest.raises(SystemExit) as exited:  # not a level: argparse's usage error
+        cli("predict", run, big, "--tta", 3)
+    assert exited.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+    assert cli("predict", run, missing) == 3  # nothing readable: a data error
     assert capsys.readouterr().err.splitlines()[-1].startswith("error: no readable image")
     with pytest.raises(UsageError):
         predict_images(run, [big], top_k=0)
@@ -140,7 +143,7 @@ def test_onnx_export_matches_pytorch_and_predicts_the_same(trained, tmp_path, ca
 
     run, data, cache = trained
     out = tmp_path / "model.onnx"
-    result = export_model(run, "onnx", out, data=str(data), cache_dir=str(cache))
+    result = export_model(run, "onnx", out, bundle=load_subset(data, cache))
     check = result["check"]
     assert check["images"] == 100 and "test images" in check["on"]
     assert check["max_abs_diff"] < 1e-4 and check["predictions_equal"]
@@ -158,31 +161,33 @@ def test_onnx_export_matches_pytorch_and_predicts_the_same(trained, tmp_path, ca
 
     images = [data / "test"]
     assert top1(predict_images(out, images)) == top1(predict_images(run, images))
-    assert top1(predict_images(out, images, tta=True)) == top1(
-        predict_images(run, images, tta=True)
-    )
+    assert top1(predict_images(out, images, tta=1)) == top1(predict_images(run, images, tta=1))
 
-    assert cli(export, "export", run, "--format", "onnx", "--out", tmp_path / "b.onnx") == 0
+    assert cli("export", run, "--format", "onnx", "--out", tmp_path / "b.onnx") == 0
     printed = capsys.readouterr().out
     assert "random images" in printed and "predictions equal" in printed
+    c = tmp_path / "c.onnx"  # --data: checked on the run's test images, decoded by the CLI
+    assert cli("export", run, "--format", "onnx", "--out", c, "--data", data, "--json") == 0
+    check = json.loads(capsys.readouterr().out)["check"]
+    assert check["images"] == 100 and "test images" in check["on"] and check["predictions_equal"]
     assert not list(tmp_path.glob(".*.tmp*"))  # no temporary files left behind
 
 
 def test_torchscript_and_safetensors_round_trip(trained, tmp_path):
     run, data, _ = trained
     path, ckpt = resolve_checkpoint(run)
-    model = load_model(ckpt)
+    model = build_model(ckpt)
     x = torch.randn(4, 3, 32, 32)
     images = [data / "test"]
     expected = top1(predict_images(run, images))
 
     ts = tmp_path / "model.pt"  # the same suffix as a checkpoint: told apart by contents
     export_model(path, "torchscript", ts)
-    extra = {predict.METADATA_FILE: ""}
+    extra = {export.METADATA_FILE: ""}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated, not gone
         loaded = torch.jit.load(str(ts), _extra_files=extra)
-    assert json.loads(json.loads(extra[predict.METADATA_FILE])["classes"]) == ckpt["classes"]
+    assert json.loads(json.loads(extra[export.METADATA_FILE])["classes"]) == ckpt["classes"]
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=1e-5)
     assert top1(predict_images(ts, images)) == expected
@@ -204,14 +209,20 @@ def test_torchscript_and_safetensors_round_trip(trained, tmp_path):
 def test_missing_package_and_bad_target_are_one_line_errors(trained, tmp_path, monkeypatch, capsys):
     run, _, _ = trained
     monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx now raises ImportError
-    assert cli(export, "export", run, "--format", "onnx", "--out", tmp_path / "m.onnx") == 2
+    assert cli("export", run, "--format", "onnx", "--out", tmp_path / "m.onnx") == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "pip install 'cifar-resnet[export]'" in err
     assert not (tmp_path / "m.onnx").exists()
 
     assert (
-        cli(export, "export", tmp_path, "--format", "torchscript", "--out", tmp_path / "m.pt") == 4
+        cli("export", tmp_path, "--format", "torchscript", "--out", tmp_path / "m.pt") == 4
     )  # no checkpoint in the folder
     assert capsys.readouterr().err.count("\n") == 1
-    assert cli(predict, "predict", tmp_path / "nothing.pt", tmp_path) == 4
+    assert cli("predict", tmp_path / "nothing.pt", tmp_path) == 4
     assert capsys.readouterr().err.splitlines()[-1].startswith("error: checkpoint")
+
+
+def test_command_line_formats_are_the_library_formats():
+    from cifar_resnet.cli import export as export_command  # torch-free, so it repeats them
+
+    assert export_command.FORMATS == export.FORMATS

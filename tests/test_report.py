@@ -1,16 +1,18 @@
 """report: plots and report.md for a run trained for two epochs on a real CIFAR-10 subset."""
 
-import argparse
 import re
 import sys
 
 import matplotlib  # noqa: E402,F401 - a test dependency
+import numpy as np
 import pytest
+from matplotlib.text import Text
 from PIL import Image
-from test_predict_export import train_tiny_run
+from test_predict_export import load_subset, train_tiny_run
 
 from cifar_resnet import report
-from cifar_resnet.errors import CifarResnetError, UsageError
+from cifar_resnet.cli import main
+from cifar_resnet.errors import UsageError
 from cifar_resnet.report import DPI, write_report
 
 
@@ -33,14 +35,8 @@ def check_png(path, size) -> None:
 
 
 def cli(*argv) -> int:
-    parser = argparse.ArgumentParser(prog="cifar-resnet")
-    report.add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args([str(a) for a in argv])
-    try:
-        return report.run(args)
-    except CifarResnetError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
+    """Run the command line (errors: one line on stderr) and return its exit code."""
+    return main([str(a) for a in argv])
 
 
 def images_in(markdown: str) -> list[str]:
@@ -59,9 +55,9 @@ def test_curves_only_without_data(trained, capsys):
     assert not list(run.glob(".*.tmp"))
 
 
-def test_full_report_with_data(trained):
+def test_full_report_with_data(trained, capsys):
     run, data, cache = trained
-    written = write_report(run, str(data), cache_dir=str(cache))
+    written = write_report(run, load_subset(data, cache))
     names = [p.name for p in written]
     assert names == ["curves.png", "confusion.png", "per_class.png", "wrong.png", "report.md"]
     check_png(run / "curves.png", report.CURVES_SIZE)
@@ -75,6 +71,11 @@ def test_full_report_with_data(trained):
     assert f"## Test set: {final}% of 100 images" in md
     assert "most confidently wrong" in md
 
+    # The command line loads the data itself and writes the same files.
+    assert cli("report", run, "--data", data, "--cache-dir", cache) == 0
+    assert capsys.readouterr().out.splitlines() == [f"wrote {p}" for p in written]
+    assert (run / "report.md").read_text() == md
+
 
 def test_errors_are_one_line(trained, tmp_path, monkeypatch, capsys):
     run, _, _ = trained
@@ -86,3 +87,58 @@ def test_errors_are_one_line(trained, tmp_path, monkeypatch, capsys):
     assert cli("report", run) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "pip install 'cifar-resnet[report]'" in err
+
+
+# Class folders may hold any name; these are not valid mathtext (matplotlib's $...$ markup).
+ODD_CLASSES = ["$x^2$", "a_$b$", "$x^$", r"c\$d$", "plain"]
+
+
+def draw_plots(tmp_path, monkeypatch, classes):
+    """The three test-set plots of a made-up evaluation; returns the figures drawn."""
+    drawn = []
+    save = report._save
+    monkeypatch.setattr(report, "_save", lambda fig, path: drawn.append(fig) or save(fig, path))
+    n = len(classes)
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(n), 4)
+    probs = rng.dirichlet(np.ones(n), len(labels))
+    confusion = np.zeros((n, n), dtype=np.int64)
+    np.add.at(confusion, (labels, probs.argmax(1)), 1)
+    images = rng.integers(0, 256, (len(labels), 32, 32, 3), dtype=np.uint8)
+    report.plot_confusion(confusion, classes, tmp_path / "confusion.png")
+    report.plot_per_class(np.full(n, 50.0), classes, 50.0, tmp_path / "per_class.png")
+    _, shown = report.plot_wrong(images, labels, probs, classes, tmp_path / "wrong.png")
+    assert shown > 0
+    return drawn, confusion
+
+
+def test_class_names_are_text_not_markup(tmp_path, monkeypatch):
+    drawn, _ = draw_plots(tmp_path, monkeypatch, ODD_CLASSES)  # the old code raised here
+    check_png(tmp_path / "confusion.png", report.CONFUSION_SIZE)
+    check_png(tmp_path / "per_class.png", report.PER_CLASS_SIZE)
+    confusion_ax, per_class_ax = drawn[0].axes[0], drawn[1].axes[0]
+    for labels in (
+        confusion_ax.get_xticklabels(),
+        confusion_ax.get_yticklabels(),
+        per_class_ax.get_xticklabels(),
+    ):
+        assert [t.get_text() for t in labels] == ODD_CLASSES  # shown as they are, unescaped
+    # Every text that shows a class name is drawn literally: no mathtext, no TeX.
+    shown = [
+        t
+        for fig in drawn
+        for t in fig.findobj(Text)
+        if any(name in t.get_text() for name in ODD_CLASSES[:4])
+    ]
+    assert len(shown) > 3 * 4  # the ticks of both plots, and titles of the wrong grid
+    assert all(not t.get_parse_math() and not t.get_usetex() for t in shown)
+
+
+def test_confusion_title_says_what_cells_and_colours_show(tmp_path, monkeypatch):
+    drawn, confusion = draw_plots(tmp_path, monkeypatch, ["cat", "dog", "frog"])
+    ax = drawn[0].axes[0]
+    assert ax.get_title() == (
+        "confusion matrix (cells: image counts; colour: share of the true class)"
+    )
+    cells = [int(t.get_text()) for t in ax.texts]  # the cells show counts, row by row
+    assert cells == confusion.ravel().tolist()

@@ -155,7 +155,7 @@ def test_sigkill_at_random_moments_then_resume_auto_is_bitwise_equal(data3, refe
         )
         started = time.monotonic()
         if mode == "launch":
-            time.sleep(rng.uniform(1.0, 5.0))
+            time.sleep(rng.uniform(0.5, 2.0))  # about the start-up: often before a save
         else:  # progress counted in saves, not seconds: the machine's load varies
             wait_for_writes(p, out, rng.randint(3, 14), started)
             if mode == "delay":
@@ -195,13 +195,15 @@ def test_signal_saves_exits_130_and_resume_is_bitwise_equal(data3, reference, tm
     p.send_signal(sig)
     stdout, stderr = p.communicate(timeout=120)
     assert p.returncode == EXIT_INTERRUPTED, (stdout, stderr)
-    line = one_line_error(
-        subprocess.CompletedProcess([], p.returncode, stdout, stderr), EXIT_INTERRUPTED
-    )
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("stopped: "), stderr  # a stop, not an error
+    line = lines[0]
     assert f"stopped by signal {int(sig)}" in line
     assert f"continue with `cifar-resnet train --resume {out}`" in line
     saved = load_checkpoint(checkpoint_files(out)[0])
-    assert STEPS_PER_EPOCH < saved["state"]["step"] < EPOCHS * STEPS_PER_EPOCH
+    # Saved at once: within epoch 2, or right after epoch 1 when the signal came while the
+    # epoch's files were written (no step is trained after a signal).
+    assert STEPS_PER_EPOCH <= saved["state"]["step"] < EPOCHS * STEPS_PER_EPOCH
     assert not temp_files(out)
     r = run("train", "--resume", out, "--data", data3, "--quiet")
     assert r.returncode == 0, r.stderr

@@ -7,6 +7,8 @@ one-line message and exit code it gives (pasted into README's troubleshooting se
 import io
 import os
 import pickle
+import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -154,6 +156,42 @@ def main() -> None:
     bad = tmp / "bad.pt"
     bad.write_bytes(ckpt.read_bytes()[:200])
     case("a truncated checkpoint", "evaluate", bad, "--data", good)
+    case("a new run into a folder that holds a run", "train", "--data", good, "--out", run, *quick)
+    case("resuming with another batch size", "train", "--resume", run, "--batch-size", "7")
+    case("--epochs with a recipe defined in steps", "train", "--data", good, "--out", tmp / "r",
+         "--preset", "paper", "--epochs", "2")  # fmt: skip
+    for what, extra in (
+        ("a learning rate of 1e308", ["--lr", "1e308"]),
+        ("a negative seed", ["--seed", "-1", "--limit-train", "2"]),
+        ("a seed of 2**64", ["--seed", str(2**64)]),
+        ("a GPU that is not there", ["--device", "cuda:0"]),
+        ("a device name that is not one", ["--device", "cuda:abc"]),
+        ("an image size too small for the model", ["--preset", "fast", "--image-size", "1"]),
+        ("an image size too large", ["--image-size", "20000"]),
+    ):
+        case(what, "train", "--data", good, "--out", tmp / "r", *quick, *extra)
+    image = next((good / "test").rglob("*.png"))
+    case("predict --image-size too large", "predict", run, image, "--image-size", "100000")
+    loop_folder = folder(tmp / "loop")
+    (loop_folder / "train" / "a" / "self.png").symlink_to(loop_folder / "train" / "a" / "self.png")
+    case("a symlink loop in the data folder", "train", "--data", loop_folder, "--out", tmp / "r",
+         *quick)  # fmt: skip
+    import torch
+
+    crafted = torch.load(ckpt, weights_only=True)
+    del crafted["config"]
+    (tmp / "crafted" / "checkpoints").mkdir(parents=True)
+    torch.save(crafted, tmp / "crafted" / "checkpoints" / ckpt.name)
+    case("a checkpoint without its config", "train", "--resume", tmp / "crafted", "--data", good)
+    busy = tmp / "busy"
+    shutil.copytree(run, busy)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from cifar_resnet.rundir import RunDir; "
+         "RunDir(sys.argv[1]).lock(); print('locked', flush=True); time.sleep(600)", busy],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    holder.stdout.readline()
+    case("a second training into a run folder in use", "train", "--resume", busy, "--data", good)
 
     print("| bad input | exit | message |\n|---|---|---|")
     for what, args in cases:
@@ -162,7 +200,9 @@ def main() -> None:
         )
         msg = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "(runs)"
         msg = msg.replace(str(tmp), "…").replace("|", "\\|")
+        msg = re.sub(r"pid \d+", "pid N", msg)
         print(f"| {what} | {r.returncode} | `{msg}` |", flush=True)
+    holder.kill()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,41 @@
+"""The command line, on top of the library (which never imports it): one module per command,
+``flags`` for what they share. Building the parser imports no torch, so ``--help`` is quick
+and ``--time-budget``'s clock starts before torch's import."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .. import __version__
+from ..errors import EXIT_INTERRUPTED, CifarResnetError, Interrupted
+from . import evaluate, export, info, predict, report, train
+from .flags import Parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog="cifar-resnet",
+        description="Train ResNets on CIFAR-10/100 and small colour image folders, on CPU and GPU.",
+    )
+    parser.add_argument("--version", action="version", version=f"cifar-resnet {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    for command in (train, evaluate, report, predict, export):
+        command.add_parser(sub)
+    info.add_parsers(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except Interrupted as e:  # the user's own stop: not an error
+        print(f"stopped: {e}", file=sys.stderr)
+        return e.exit_code
+    except CifarResnetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("stopped: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

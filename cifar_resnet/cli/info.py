@@ -1,0 +1,33 @@
+"""``cifar-resnet models`` and ``cifar-resnet presets``: what there is to choose from."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..config import PRESETS, preset_config
+
+
+def add_parsers(subparsers) -> None:
+    subparsers.add_parser("models", help="list the models").set_defaults(func=models)
+    subparsers.add_parser("presets", help="list the presets with their recipes").set_defaults(
+        func=presets
+    )
+
+
+def models(args: argparse.Namespace) -> int:
+    from ..models import count_parameters, create_model, list_models  # imports torch
+
+    for name, about in list_models().items():
+        print(f"{name:<11} {count_parameters(create_model(name)):>10,} params  {about}")
+    return 0
+
+
+def presets(args: argparse.Namespace) -> int:
+    for name, values in PRESETS.items():
+        print(f"{name}: {values.get('_about', '')}")
+        config = preset_config(name)
+        print("   " + ", ".join(f"{k}={getattr(config, k)!r}" for k in values if k[0] != "_"))
+        if "_cpu" in values:
+            cpu = ", ".join(f"{k}={v!r}" for k, v in values["_cpu"].items())
+            print(f"   on a CPU: {cpu}")
+    return 0

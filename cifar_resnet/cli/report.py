@@ -1,0 +1,40 @@
+"""``cifar-resnet report``: plots and report.md for a run."""
+
+from __future__ import annotations
+
+import argparse
+
+from .flags import add_data_flags, load_run_bundle
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "report",
+        help="plots and report.md for a run (needs matplotlib)",
+        description="Write curves.png and report.md into a run folder; with --data also the "
+        "confusion matrix, per-class accuracy and the most confidently wrong test images.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    # Without --data, curves only.
+    add_data_flags(
+        p,
+        required=False,
+        data_help="the data the run was trained on (default: the data the run recorded), "
+        "to evaluate its final checkpoint on its test images for the confusion matrix and "
+        "error plots; without either, the curves only",
+    )
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    # Imported here: the parser is built before torch is imported, and these import torch.
+    from ..checkpoint import resolve_checkpoint
+    from ..report import check_run, write_report
+
+    check_run(args.run_dir)  # fail on a missing folder or matplotlib before decoding data
+    _, ckpt = resolve_checkpoint(args.run_dir)
+    bundle = load_run_bundle(args, ckpt, required=False)  # at the image size it trained on
+    for path in write_report(args.run_dir, bundle):
+        print(f"wrote {path}")
+    return 0

@@ -1,0 +1,210 @@
+"""``cifar-resnet train``: resolve the recipe, load the data, call ``fit``, write the report."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from ..config import PRESETS, load_toml, resolve_config
+from ..errors import UsageError
+from .flags import (
+    add_config_flags,
+    add_data_flags,
+    add_device_flag,
+    flag_values,
+    load_bundle,
+    to_json,
+)
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    t = subparsers.add_parser(
+        "train",
+        help="train a model; prints the seed post's line every epoch",
+        description="Train a ResNet. Recipe: --preset, then --config, then flags.",
+    )
+    add_data_flags(
+        t,
+        required=False,
+        data_help="an image folder (DIR/train/<class>/*, DIR/test/<class>/*), a CIFAR python "
+        "archive or its folder, or cifar10 / cifar100 to download the official archive; "
+        "required for a new run, remembered by the run for --resume",
+    )
+    t.add_argument(
+        "--out",
+        help="run folder for metrics.csv, config.toml, checkpoints and "
+        "summary.json (required unless --resume RUN_DIR)",
+    )
+    t.add_argument("--preset", choices=tuple(PRESETS), help="recipe to start from (default: seed)")
+    t.add_argument("--config", help="TOML file of recipe fields (see config.toml in any run)")
+    t.add_argument(
+        "--resume",
+        metavar="RUN_DIR|auto",
+        help="continue a run from its newest "
+        "valid checkpoint; auto: continue --out if it has one, else start it",
+    )
+    t.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a new run in an --out that already holds one, deleting the old run's files",
+    )
+    add_device_flag(t)
+    t.add_argument("--quiet", action="store_true", help="print only errors and the summary")
+    t.add_argument(
+        "--log-every",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="when stdout is not a terminal (a log file, a cluster job), print a progress line "
+        "every this many steps (default: every 10%% of an epoch, and at least every 30 s)",
+    )
+    t.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="log every epoch's figures and "
+        "the learning rate to RUN/tensorboard (pip install 'cifar-resnet[tensorboard]')",
+    )
+    t.add_argument(
+        "--no-report",
+        action="store_true",
+        help="skip the PNG plots and report.md "
+        "written after training (they need matplotlib: pip install "
+        "'cifar-resnet[report]')",
+    )
+    _add_dist_flags(t)
+    add_config_flags(t)
+    t.set_defaults(func=run)
+    return t
+
+
+def _add_dist_flags(t: argparse.ArgumentParser) -> None:
+    t.add_argument(
+        "--dist-backend",
+        default="auto",
+        choices=("auto", "nccl", "gloo"),
+        help="with torchrun: auto (nccl on GPUs, gloo on CPUs), nccl or gloo",
+    )
+    t.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="with torchrun: how long a rank waits for the others before the job "
+        "fails (a dead rank ends the job instead of hanging it)",
+    )
+
+
+def _run_folder(args: argparse.Namespace) -> str:
+    if args.resume and args.resume != "auto":
+        if args.out and Path(args.out).resolve() != Path(args.resume).resolve():
+            raise UsageError(
+                "--resume RUN_DIR continues in RUN_DIR; drop --out or make them the same"
+            )
+        if not Path(args.resume).is_dir():
+            raise UsageError(f"--resume {args.resume}: no such run folder")
+        return args.resume
+    if args.resume == "auto" and not args.out:
+        raise UsageError("--resume auto needs --out RUN_DIR")
+    if not args.out:
+        raise UsageError("--out RUN_DIR is required: the run folder for metrics and checkpoints")
+    return args.out
+
+
+def run(args: argparse.Namespace) -> int:
+    started = time.perf_counter()  # --time-budget counts from here: torch's import included
+    if args.log_every < 0:
+        raise UsageError(
+            f"--log-every must be 0 (automatic) or a number of steps, got {args.log_every}"
+        )
+    # The library (and torch) is imported only now, so that --help answers at once.
+    from ..train import fit
+
+    out = _run_folder(args)
+    preset, config, resume = _recipe(args, out)
+    bundle = load_bundle(args, config.image_size, progress=sys.stderr.isatty() and not args.quiet)
+    summary = fit(
+        config,
+        bundle,
+        out,
+        preset=preset,
+        device=args.device,
+        resume=resume,
+        overwrite=args.overwrite,
+        quiet=args.quiet,
+        dist_backend=args.dist_backend,
+        dist_timeout=args.dist_timeout,
+        started=started,
+        tensorboard=args.tensorboard,
+        data_spec=_spec(args.data),
+        log_every=args.log_every,
+    )
+    if "checkpoint" not in summary:  # not rank 0 of a torchrun job
+        return 0
+    if not args.no_report:
+        _report(out, bundle, args.quiet)
+    print(
+        to_json(summary)
+        if args.quiet
+        else f"done: test accuracy {summary['test_accuracy']:.2f}% after "
+        f"{summary['epochs']} epochs ({summary['wall_seconds']:.0f}s); summary in "
+        f"{Path(out) / 'summary.json'}"
+    )
+    return 0
+
+
+def _recipe(args: argparse.Namespace, out: str):
+    """(preset, config, checkpoint to resume or None); sets ``args.data`` to the run's data:
+    a resumed run's recorded data unless --data is given."""
+    from .. import checkpoint as ckpt_io
+    from ..runtime import resolve_device
+
+    flags = flag_values(args)
+    found = ckpt_io.find_resume(out, required=args.resume != "auto") if args.resume else None
+    if found is None:
+        preset, config = resolve_config(
+            args.preset,
+            load_toml(args.config) if args.config else None,
+            flags,
+            file_name=args.config or "config file",
+            device_type=resolve_device(args.device).type,
+        )
+        if args.data is None:
+            raise UsageError(
+                "--data is required for a new run: an image folder, a CIFAR archive, or cifar10"
+            )
+        return preset, config, None
+    path, resume = found
+    if not args.quiet:
+        print(f"resuming from {path}")
+    preset = resume.get("preset", "seed")
+    saved = ckpt_io.checkpoint_config(resume, path).to_dict()  # a damaged one: exit 4
+    _, config = resolve_config(preset, saved, flags)
+    args.data = args.data or resume.get("data")
+    if args.data is None:
+        raise UsageError(f"{out} does not record its data (an older run); pass --data")
+    return preset, config, resume
+
+
+def _spec(data: str) -> str:
+    """--data as the run records it: a path made absolute (so the run finds it from any
+    folder), a dataset name as it is."""
+    path = Path(data).expanduser()
+    return str(path.absolute()) if path.exists() else data
+
+
+def _report(out: str, bundle, quiet: bool) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        if not quiet:
+            print("(no plots: pip install 'cifar-resnet[report]' for report.md and PNG plots)")
+        return
+    from ..report import write_report
+
+    t0 = time.perf_counter()  # after the run: outside --time-budget (--no-report skips it)
+    paths = write_report(out, bundle)  # the data already loaded for training
+    if not quiet:
+        took = time.perf_counter() - t0
+        print(f"report: {Path(out) / 'report.md'} ({len(paths)} files, {took:.1f}s)")

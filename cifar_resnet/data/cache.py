@@ -1,0 +1,130 @@
+"""``load_data``: a dataset decoded once, then read back from a cache of uint8 arrays.
+
+Decoded arrays are cached in ``cache_dir`` (default ``$CIFAR_RESNET_CACHE``, else
+``~/.cache/cifar-resnet/decoded``) as one uncompressed ``.npz`` per dataset, keyed by the
+dataset's files (path, size, modification time), ``image_size`` and ``FORMAT_VERSION``;
+changing any file rebuilds the cache. An unreadable cache file is rebuilt, an unwritable
+cache folder only warns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from cifar_resnet.errors import DataError
+
+from .cifar import CIFAR_ARCHIVES
+from .decode import _reason
+from .download import _ensure_archive
+from .sources import ArraySplit, DataBundle, _ArchiveSource, _find_source, _Source
+
+# Bump when the decoding rules change, so that caches written by older code are not reused.
+FORMAT_VERSION = 1
+
+
+def load_data(
+    spec: str,
+    *,
+    data_dir: str | None = None,
+    image_size: int | None = None,
+    cache_dir: str | None = None,
+    progress: bool = False,
+) -> DataBundle:
+    """Load the dataset named by ``spec`` (see ``sources``), from the cache if there.
+
+    ``cifar10`` / ``cifar100`` are downloaded into ``data_dir`` first if missing. Raises
+    DataError, with one line saying what is wrong and what to do, for anything wrong with the
+    data: a missing path, an unreadable image or batch file, a bad checksum.
+    """
+    if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
+        raise DataError(f"image size must be a positive integer, got {image_size!r}")
+    if spec in CIFAR_ARCHIVES:
+        archive = _ensure_archive(spec, data_dir, progress)
+        return _load_cached(_ArchiveSource(archive), image_size, cache_dir, progress)
+    return _load_cached(_find_source(spec), image_size, cache_dir, progress)
+
+
+def _default_cache_dir() -> Path:
+    return Path(os.environ.get("CIFAR_RESNET_CACHE") or "~/.cache/cifar-resnet/decoded")
+
+
+def _load_cached(
+    source: _Source, image_size: int | None, cache_dir: str | None, progress: bool
+) -> DataBundle:
+    folder = Path(cache_dir) if cache_dir else _default_cache_dir()
+    folder = folder.expanduser()
+    digest = hashlib.sha256()
+    for line in [f"format {FORMAT_VERSION}", f"image_size {image_size}", *source.identity()]:
+        digest.update(line.encode("utf-8", "surrogateescape") + b"\n")
+    path = folder / f"{digest.hexdigest()}.npz"
+    bundle = _read_cache(path)
+    if bundle is None:
+        bundle = source.load(image_size, progress)
+        _write_cache(path, bundle)
+    if image_size is not None:
+        bundle.source += f", resized to {image_size}x{image_size}"
+    return bundle
+
+
+def _read_cache(path: Path) -> DataBundle | None:
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+        splits = {}
+        for split in ("train", "test"):
+            images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+            if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
+                raise ValueError(f"{split} images have dtype {images.dtype}, shape {images.shape}")
+            if labels.dtype != np.int64 or labels.shape != images.shape[:1]:
+                raise ValueError(f"{split} labels have dtype {labels.dtype}, shape {labels.shape}")
+            splits[split] = ArraySplit(np.ascontiguousarray(images), labels)
+        classes = [str(name) for name in arrays["classes"].tolist()]
+        source = str(arrays["source"])
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        print(
+            f"warning: ignoring unreadable cache file {path} ({_reason(exc)}); rebuilding it",
+            file=sys.stderr,
+        )
+        return None
+    return DataBundle(splits["train"], splits["test"], classes, source)
+
+
+def _write_cache(path: Path, bundle: DataBundle) -> None:
+    tmp_name = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(
+            dir=path.parent, prefix=".tmp-", suffix=".npz", delete=False
+        ) as tmp:
+            tmp_name = tmp.name
+            np.savez(
+                tmp,
+                train_images=bundle.train.images,
+                train_labels=bundle.train.labels,
+                test_images=bundle.test.images,
+                test_labels=bundle.test.labels,
+                classes=np.array(bundle.classes, dtype=str),
+                source=np.array(bundle.source),
+            )
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        os.replace(tmp_name, path)
+        tmp_name = None
+    except OSError as exc:
+        print(
+            f"warning: cannot write the data cache {path} ({_reason(exc)}); the data will "
+            "be decoded again next time, set CIFAR_RESNET_CACHE to a writable folder",
+            file=sys.stderr,
+        )
+    finally:
+        if tmp_name is not None:
+            Path(tmp_name).unlink(missing_ok=True)
