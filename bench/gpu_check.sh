@@ -9,10 +9,15 @@
 #              first epoch (cudnn autotuning + CUDA-graph capture) apart from the rest
 #   tune       bench/tune_fast.py on a 5,000-image validation split (cpu- and gpu-scale, 2 seeds),
 #              then the best gpu-scale trial whose training fits 9 s, on test, 3 seeds
-# STAGES="variants accuracy" bash bench/gpu_check.sh runs a subset; EXTRA adds train flags.
+#   record     the record holders side by side (bench/record_holders.py): airbench94,
+#              airbench94_muon and the fast preset, RECORD_RUNS (5) warm runs each and one
+#              whole command each; table in record.log, JSON in record.json (~5 minutes)
+# STAGES="variants accuracy" bash bench/gpu_check.sh runs a subset; EXTRA adds train flags;
+# RECORD_FLAGS adds record_holders.py flags (e.g. --muon-compile max-autotune).
 # The device machine gets only the repository, so the data travels packed:
 #   python bench/pack_data.py pack ../shared/data/cifar10-jpeg .gpudata/cifar10-jpeg.npz
 #   cp ../shared/reference/seed_reference.py .gpudata/
+# (pack also copies ../shared/peers/airbench's two files into .gpudata/airbench/, ignored)
 # and the run names .gpudata in `carry`. Logs go to $OUT (or /tmp/gpu-check). Run folders under
 # /tmp are replaced (--overwrite): a second call on a still-warm machine starts them afresh.
 set -uo pipefail
@@ -20,7 +25,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu-check}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 CIFAR_RESNET_CACHE=/tmp/cr-cache
-DATA=/tmp/cifar10-jpeg
+DATA=${GPU_CHECK_DATA:-/tmp/cifar10-jpeg}  # another image folder: only a CPU dry run
 STAGES=${STAGES:-selfcheck reference variants accuracy seed fast}
 EXTRA=${EXTRA:-}
 log() { echo "== $(date +%T) $*"; }
@@ -99,5 +104,11 @@ if has tune; then
     | tee -a "$OUT/tune.log"
   python3 bench/tune_fast.py --data $DATA --device cuda --stage gpu-scale --seeds 0 1 \
     --test-best 3 --max-seconds 9 2>&1 | tee -a "$OUT/tune.log"
+fi
+if has record; then
+  log "record holders side by side: airbench94, airbench94_muon, fast preset"
+  python3 bench/record_holders.py --data $DATA --peers .gpudata/airbench --work /tmp/record-holders \
+    --runs "${RECORD_RUNS:-5}" --out "$OUT/record.json" ${RECORD_FLAGS:-} 2>&1 | tee "$OUT/record.log"
+  cp /tmp/record-holders/airbench94*.log "$OUT/" 2>/dev/null
 fi
 log "done"

@@ -6,7 +6,7 @@ A checkpoint is a plain dict of tensors and plain data, read back only through
 checked on load, and a file that does not fit is a one-line CheckpointError naming it.
 
 Format (``version`` 2; version 1 files, written before the schema was checked, hold the same
-fields and load as they are)::
+fields and load as they are; their option A models pad at the end, see ``model_options``)::
 
     format "cifar-resnet", version      what this is
     model                               the unwrapped model's state_dict
@@ -14,7 +14,8 @@ fields and load as they are)::
                                         fields, every RNG's state
     config                              the resolved TrainConfig as a dict
     model_name, classes, mean, std,     what the model needs to be used
-    preset, input_size
+    preset, input_size, option_a_pad    (option_a_pad: He et al. option A models only)
+    data                                the --data the run was trained on
     lookahead; ema, ema_n_averaged      only when the run uses them
 
 Run folder layout::
@@ -40,7 +41,7 @@ import torch
 from .config import TrainConfig, apply_overrides
 from .errors import CheckpointError, UsageError
 from .files import write_atomic
-from .models import create_model
+from .models import create_model, has_option_a
 
 FORMAT = "cifar-resnet"
 CHECKPOINT_VERSION = 2
@@ -190,13 +191,23 @@ def load_weights(module: torch.nn.Module, state: dict[str, Any], what: str) -> N
         raise CheckpointError(f"{what} does not fit the model ({detail[:200]})") from None
 
 
+def model_options(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """What building the checkpoint's model needs besides its name and class count: for He et
+    al. option A models, where the shortcut's zero channels go ("end" in version 1 files,
+    written before cifar-resnet matched the published weights, so they compute as before)."""
+    if not has_option_a(ckpt["model_name"]):
+        return {}
+    default = "end" if ckpt.get("version", 1) == 1 else "both"
+    return {"option_a_pad": ckpt.get("option_a_pad", default)}
+
+
 def build_model(
     ckpt: dict[str, Any], device: str | torch.device = "cpu", ema: bool = False, where: str = ""
 ) -> torch.nn.Module:
     """The checkpoint's model (its EMA weights if ``ema``) on ``device``, in eval mode."""
     if ema and "ema" not in ckpt:
         raise UsageError("this checkpoint holds no EMA weights: train with --ema DECAY")
-    model = create_model(ckpt["model_name"], len(ckpt["classes"]))
+    model = create_model(ckpt["model_name"], len(ckpt["classes"]), **model_options(ckpt))
     load_weights(model, ckpt["ema" if ema else "model"], where or "the checkpoint")
     return model.to(device).eval()
 
@@ -214,7 +225,9 @@ def load_model(
 def describe_checkpoint(ckpt: dict[str, Any]) -> str:
     """Where in its run a checkpoint was taken, e.g. ``epoch 3 complete, step 1173`` or
     ``interrupted in epoch 4 at step 1300``."""
-    state = ckpt.get("state", {})
+    if "state" not in ckpt:
+        return f"weights from {ckpt.get('source', 'elsewhere')}"
+    state = ckpt["state"]
     epoch, step, within = state.get("epoch", "?"), state.get("step", "?"), state.get("epoch_step")
     if within:
         return f"interrupted in epoch {epoch + 1} at step {step}"

@@ -22,7 +22,8 @@ except ModuleNotFoundError:  # Python 3.10
 SCHEDULES = ("step", "multistep", "cosine", "onecycle", "constant")
 # No fp16: it needs loss scaling (a GradScaler) to train safely; bf16 has fp32's range.
 PRECISIONS = ("auto", "fp32", "bf16")
-NORMALIZATIONS = ("half", "dataset")
+NORMALIZATIONS = ("half", "dataset", "imagenet")
+FLOAT_LISTS = ("mean", "std")  # list fields of floats (the other list fields hold ints)
 PAD_MODES = ("zeros", "reflect")
 MAX_IMAGE_SIZE = 1024  # pixels a side: memory grows with its square (N images held at once)
 MAX_LR = 1e4  # above this every recipe diverges at once; a bigger value is a typo
@@ -58,7 +59,10 @@ class TrainConfig:
     pad_mode: str = "zeros"  # crop padding: "zeros" or "reflect" (mirror the border)
     flip: bool = True  # random horizontal flip, p = 0.5 per image
     alt_flip: bool = False  # flip each image in every other epoch (random first choice)
-    normalize: str = "half"  # "half": mean = std = 0.5; "dataset": training set mean/std
+    normalize: str = "half"  # "half": mean = std = 0.5; "dataset": training set; "imagenet"
+    mean: list[float] = field(default_factory=list)  # per channel, 0..1 scale; overrides normalize
+    std: list[float] = field(default_factory=list)  # per channel, with mean
+    init_from: str = ""  # start from these weights (a run, a checkpoint, a state dict file)
     precision: str = "auto"  # auto: bf16 where the hardware runs it natively, else fp32
     channels_last: str = "auto"  # "auto", "on" or "off"
     compile: str = "auto"  # torch.compile: "auto", "on" or "off"
@@ -88,6 +92,15 @@ class TrainConfig:
                 "target_accuracy is checked on the validation split: add "
                 "--val-split N, or --target-split test to check the test set"
             )
+        if self.mean or self.std:
+            stats = (*self.mean, *self.std)
+            if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+                raise UsageError(
+                    "mean and std are three numbers each (R,G,B on the 0..1 scale), std > 0, "
+                    f"given together; got mean {self.mean}, std {self.std}"
+                )
+            if not all(math.isfinite(v) for v in stats):
+                raise UsageError(f"mean and std must be finite, got {self.mean}, {self.std}")
         if self.schedule == "multistep" and not self.lr_milestones:
             raise UsageError(
                 "schedule 'multistep' needs lr_milestones (steps), e.g. [32000, 48000]"
@@ -264,10 +277,11 @@ def _coerce(name: str, value: Any, where: str) -> Any:
         if isinstance(value, str):
             return value
     elif kind is list:
+        number = (int, float) if name in FLOAT_LISTS else (int,)
         if isinstance(value, list) and all(
-            isinstance(v, int) and not isinstance(v, bool) for v in value
+            isinstance(v, number) and not isinstance(v, bool) for v in value
         ):
-            return list(value)
+            return [float(v) for v in value] if name in FLOAT_LISTS else list(value)
         kind = list  # for the message
     raise UsageError(f"{where}: {name} must be {kind.__name__}, got {value!r}")
 

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoint import build_model, checkpoint_config, resolve_checkpoint
+from .checkpoint import build_model, checkpoint_config, model_options, resolve_checkpoint
 from .data import CIFAR_SIDE, DataBundle, eval_split, subset
 from .errors import CheckpointError, OutputError, UsageError, require
 from .evaluate import (
@@ -58,8 +58,11 @@ def metadata(
     std: Sequence[float],
     model_name: str,
     image_size: int,
+    options: dict[str, Any] | None = None,
 ) -> dict[str, str]:
-    """The string key/value pairs every exported file carries."""
+    """The string key/value pairs every exported file carries; ``options``: the model's
+    build options (``checkpoint.model_options``: option A's padding), which a safetensors
+    file needs to be rebuilt (files without them pad at the end, as cifar-resnet once did)."""
     return {
         "format": METADATA_FORMAT,
         "classes": json.dumps(list(classes)),
@@ -67,6 +70,7 @@ def metadata(
         "std": json.dumps([float(v) for v in std]),
         "model_name": model_name,
         "image_size": str(int(image_size)),
+        **{k: str(v) for k, v in (options or {}).items()},
     }
 
 
@@ -158,6 +162,8 @@ def _load_safetensors(path: Path) -> Predictor:
         ) from None
     info = _from_metadata(meta, str(path))
     weights = {"model_name": info["model_name"], "classes": info["classes"], "model": state}
+    if "option_a_pad" in meta:
+        weights["option_a_pad"] = meta["option_a_pad"]
     model = build_model(weights, "cpu", where=f"safetensors file {path}")
     return Predictor(module_forward(model), source=str(path), **info)
 
@@ -305,7 +311,9 @@ def export_model(
     require_packages(fmt, check)
     model = build_model(ckpt, "cpu", where=source)
     size = checkpoint_image_size(ckpt)
-    meta = metadata(ckpt["classes"], ckpt["mean"], ckpt["std"], ckpt["model_name"], size)
+    meta = metadata(
+        ckpt["classes"], ckpt["mean"], ckpt["std"], ckpt["model_name"], size, model_options(ckpt)
+    )
     example = torch.zeros(2, 3, size, size)
     result: dict[str, Any] = {"format": fmt, "out": str(out), "checkpoint": source}
     images, where = check_images(ckpt, bundle) if fmt == "onnx" and check else (None, "")

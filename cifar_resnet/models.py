@@ -6,8 +6,10 @@
 - ``resnet20`` ... ``resnet110``: He, Zhang, Ren and Sun, "Deep Residual Learning for Image
   Recognition" (CVPR 2016), section 4.2: 6n+2 layers, n blocks per stage at 16/32/64 channels,
   option A shortcuts (identity; stride-2 subsampling with zero-padded extra channels, so no
-  extra parameters). The ``...b`` names use option B (1x1 projection + BN where the shape
-  changes).
+  extra parameters). The paper leaves open where the zero channels go; we put the input's
+  channels in the middle, as the PyTorch implementation whose weights people download
+  (akamaster/pytorch_resnet_cifar10) does, so its published weights load and mean what they
+  meant. The ``...b`` names use option B (1x1 projection + BN where the shape changes).
 """
 
 from __future__ import annotations
@@ -22,6 +24,17 @@ from .errors import UsageError
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 _DESCRIPTIONS: dict[str, str] = {}
+# Where option A puts the zero channels: "both" (the input in the middle, as the published
+# PyTorch weights expect; the default since checkpoint version 2) or "end" (after the input:
+# what cifar-resnet did before, kept so that older checkpoints compute what they computed).
+OPTION_A_PADS = ("both", "end")
+# Published weights each model loads strictly and computes as they were trained
+# (`cifar-resnet evaluate --weights FILE --model NAME --normalize imagenet`).
+PUBLISHED_WEIGHTS = {
+    f"resnet{d}": "akamaster/pytorch_resnet_cifar10 pretrained_models/resnet"
+    f"{d}-*.th (trained with --normalize imagenet)"
+    for d in (20, 32, 44, 56, 110)
+}
 
 
 def register_model(name: str, description: str):
@@ -42,13 +55,23 @@ def list_models() -> dict[str, str]:
     return dict(_DESCRIPTIONS)
 
 
-def create_model(name: str, num_classes: int = 10) -> nn.Module:
-    """Build a registered model; an unknown name is a UsageError listing the valid ones."""
+def has_option_a(name: str) -> bool:
+    """True for the He et al. ResNets with option A shortcuts (``resnetN``, not ``resnetNb``)."""
+    return name.startswith("resnet") and not name.endswith("b")
+
+
+def create_model(name: str, num_classes: int = 10, option_a_pad: str | None = None) -> nn.Module:
+    """Build a registered model; an unknown name is a UsageError listing the valid ones.
+    ``option_a_pad`` (see OPTION_A_PADS) only for models with option A shortcuts."""
     if name not in _REGISTRY:
         raise UsageError(f"unknown model {name!r}; valid models: {', '.join(_REGISTRY)}")
     if num_classes < 2:
         raise UsageError(f"a classifier needs at least 2 classes, got {num_classes}")
-    return _REGISTRY[name](num_classes=num_classes)
+    if option_a_pad is None:
+        return _REGISTRY[name](num_classes=num_classes)
+    if not has_option_a(name) or option_a_pad not in OPTION_A_PADS:
+        raise UsageError(f"option_a_pad {option_a_pad!r} does not apply to model {name!r}")
+    return _REGISTRY[name](num_classes=num_classes, option_a_pad=option_a_pad)
 
 
 def min_input_size(name: str) -> int:
@@ -63,18 +86,21 @@ def count_parameters(model: nn.Module) -> int:
 
 class ShortcutA(nn.Module):
     """He et al. option A: identity, subsampled by ``stride`` and zero-padded to ``planes``
-    channels, so a stage change adds no parameters."""
+    channels, so a stage change adds no parameters. ``pad`` "both" puts the zeros on both
+    sides (the input in the middle: ``F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, planes // 4,
+    planes // 4))`` in the PyTorch models with published weights); "end" after the input."""
 
-    def __init__(self, in_planes: int, planes: int, stride: int):
+    def __init__(self, in_planes: int, planes: int, stride: int, pad: str = "both"):
         super().__init__()
         self.stride = stride
-        self.extra = planes - in_planes
+        extra = planes - in_planes
+        self.channels = (extra // 2, extra - extra // 2) if pad == "both" else (0, extra)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x[:, :, :: self.stride, :: self.stride]
-        if self.extra:
+        if any(self.channels):
             # (B, C, H, W) -> (B, C + extra, H, W); the paper pads the new channels with zeros.
-            x = F.pad(x, (0, 0, 0, 0, 0, self.extra))
+            x = F.pad(x, (0, 0, 0, 0, *self.channels))
         return x
 
 
@@ -89,7 +115,9 @@ def _projection(in_planes: int, planes: int, stride: int) -> nn.Module:
 class BasicBlock(nn.Module):
     """Two 3x3 conv+BN layers; ReLU after the first and after the residual sum."""
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str = "B"):
+    def __init__(
+        self, in_planes: int, planes: int, stride: int = 1, shortcut: str = "B", pad: str = "both"
+    ):
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -98,7 +126,7 @@ class BasicBlock(nn.Module):
         if stride == 1 and in_planes == planes:
             self.shortcut: nn.Module = nn.Identity()
         elif shortcut == "A":
-            self.shortcut = ShortcutA(in_planes, planes, stride)
+            self.shortcut = ShortcutA(in_planes, planes, stride, pad)
         else:
             self.shortcut = _projection(in_planes, planes, stride)
 
@@ -118,9 +146,10 @@ class ResNet(nn.Module):
         num_classes: int = 10,
         shortcut: str = "A",
         he_init: bool = True,
+        option_a_pad: str = "both",
     ):
         super().__init__()
-        self.in_planes = 16
+        self.in_planes, self.option_a_pad = 16, option_a_pad
         self.conv1 = nn.Conv2d(3, 16, kernel_size=3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
         self.layer1 = self._make_layer(16, blocks_per_stage, 1, shortcut)  # (B, 16, 32, 32)
@@ -139,7 +168,7 @@ class ResNet(nn.Module):
     def _make_layer(self, planes: int, blocks: int, stride: int, shortcut: str) -> nn.Sequential:
         layers = []
         for s in [stride] + [1] * (blocks - 1):
-            layers.append(BasicBlock(self.in_planes, planes, s, shortcut))
+            layers.append(BasicBlock(self.in_planes, planes, s, shortcut, self.option_a_pad))
             self.in_planes = planes
         return nn.Sequential(*layers)
 
@@ -162,8 +191,8 @@ def _register_he(depth: int) -> None:
     for option in ("A", "B"):
         name = f"resnet{depth}" + ("b" if option == "B" else "")
 
-        def factory(num_classes: int = 10, n=n, option=option) -> ResNet:
-            return ResNet(n, num_classes, shortcut=option)
+        def factory(num_classes: int = 10, n=n, option=option, **options) -> ResNet:
+            return ResNet(n, num_classes, shortcut=option, **options)
 
         factory.__doc__ = f"ResNet-{depth}, He et al. 2016 section 4.2, option {option} shortcuts."
         kind = "identity/zero-pad" if option == "A" else "1x1 projection"

@@ -31,156 +31,17 @@ from .checkpoint import (
 from .data import DataBundle, eval_split
 from .errors import CheckpointError, UsageError, require
 from .evaluate import check_classes, predictor_from_checkpoint, summarize
-from .files import write_atomic, write_text_atomic
+from .files import write_text_atomic
 from .models import count_parameters, create_model
+from .plots import (
+    plot_confusion,
+    plot_curves,
+    plot_per_class,
+    plot_seeds,
+    plot_wrong,
+)
 from .rundir import read_csv, read_json, read_metrics
-
-DPI = 100
-CURVES_SIZE = (15, 4.5)  # inches: 1500 x 450 pixels at DPI
-CONFUSION_SIZE = (8, 8)
-PER_CLASS_SIZE = (10, 4.5)
-WRONG_SIZE = (10, 11)
-WRONG_COUNT = 16  # images in the most-confidently-wrong grid
-CONFUSION_TITLE = "confusion matrix (cells: image counts; colour: share of the true class)"
-# Text properties for anything that shows a class name: the string as it is, never parsed as
-# mathtext ($...$) or handed to TeX (whatever rcParams["text.usetex"] says).
-PLAIN = {"parse_math": False, "usetex": False}
-
-
-def _save(fig, path: Path) -> Path:
-    return write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
-
-
-def _series(rows: list[dict[str, float | None]], key: str) -> tuple[list[float], list[float]]:
-    pts = [(r["epoch"], r[key]) for r in rows if r.get(key) is not None]
-    return [p[0] for p in pts], [p[1] for p in pts]
-
-
-def plot_curves(
-    rows: list[dict[str, float | None]],
-    path: Path,
-    steps: list[dict[str, float | None]] | None = None,
-    steps_per_epoch: int | None = None,
-) -> Path:
-    """Loss and accuracy per epoch for train, val (if any) and test, and the learning rate
-    per step: at every logged step (RUN/steps.csv) and every epoch's last step, on an axis
-    in epochs, so warm-up and one-cycle shapes show."""
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    fig = Figure(figsize=CURVES_SIZE, layout="constrained")
-    loss_ax, acc_ax, lr_ax = fig.subplots(1, 3)
-    styles = {"train": "-", "val": "--", "test": "-."}
-    for split, style in styles.items():
-        for ax, what in ((loss_ax, "loss"), (acc_ax, "acc")):
-            x, y = _series(rows, f"{split}_{what}")
-            if y:
-                ax.plot(x, y, style, marker="o" if len(y) < 30 else None, markersize=3, label=split)
-    loss_ax.set(title="loss (cross-entropy)", xlabel="epoch")
-    acc_ax.set(title="accuracy (%)", xlabel="epoch")
-    for ax in (loss_ax, acc_ax):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    x, y = _lr_points(rows, steps or [], steps_per_epoch)
-    lr_ax.plot(x, y, color="tab:purple", marker="o" if len(y) < 30 else None, markersize=3)
-    lr_ax.set(title="learning rate per step", xlabel="epoch", ylim=(0, 1.1 * max(y)))
-    lr_ax.grid(alpha=0.3)
-    last = max(r["epoch"] for r in rows)
-    for ax in (loss_ax, acc_ax, lr_ax):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
-        ax.set_xlim(0 if ax is lr_ax else 0.5, last + 0.5)  # one epoch: not 0.95..1.05
-    return _save(fig, path)
-
-
-def _lr_points(rows, steps, steps_per_epoch) -> tuple[list[float], list[float]]:
-    """(epoch, lr) of every logged step and every epoch's last step, in step order."""
-    points = [(r["epoch"], r["step"], r["lr"]) for r in rows if r.get("lr") is not None]
-    if steps_per_epoch:
-        points += [(s["step"] / steps_per_epoch, s["step"], s["lr"]) for s in steps]
-    points.sort(key=lambda p: p[1])
-    return [p[0] for p in points], [p[2] for p in points]
-
-
-def plot_confusion(confusion: np.ndarray, classes: list[str], path: Path) -> Path:
-    """Rows: true class, columns: predicted; each cell shows its image count (up to 20
-    classes), its colour the count's share of the true class's images."""
-    from matplotlib.figure import Figure
-
-    confusion = np.asarray(confusion)
-    fig = Figure(figsize=CONFUSION_SIZE, layout="constrained")
-    ax = fig.subplots()
-    shares = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
-    im = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
-    n = len(classes)
-    ax.set_xticks(range(n), classes, rotation=45, ha="right", **PLAIN)
-    ax.set_yticks(range(n), classes, **PLAIN)
-    ax.set(xlabel="predicted", ylabel="true", title=CONFUSION_TITLE)
-    if n <= 20:
-        for i in range(n):
-            for j in range(n):
-                ax.text(
-                    j,
-                    i,
-                    str(int(confusion[i, j])),
-                    ha="center",
-                    va="center",
-                    fontsize=8,
-                    color="white" if shares[i, j] > 0.5 else "black",
-                )
-    fig.colorbar(im, ax=ax, shrink=0.8, label="share of the true class")
-    return _save(fig, path)
-
-
-def plot_per_class(per_class: np.ndarray, classes: list[str], overall: float, path: Path) -> Path:
-    """Test accuracy (percent) of each class as bars, the overall accuracy as a line."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=PER_CLASS_SIZE, layout="constrained")
-    ax = fig.subplots()
-    bars = ax.bar(range(len(classes)), per_class, color="tab:blue")
-    ax.axhline(overall, color="tab:red", linestyle="--", label=f"overall {overall:.1f}%")
-    if len(classes) <= 20:
-        ax.bar_label(bars, fmt="%.0f", fontsize=8)
-    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", **PLAIN)
-    ax.set(ylim=(0, 105), ylabel="accuracy (%)", title="per-class test accuracy")
-    ax.legend(loc="lower right")
-    return _save(fig, path)
-
-
-def plot_wrong(
-    images: np.ndarray,
-    true: np.ndarray,
-    probs: np.ndarray,
-    classes: list[str],
-    path: Path,
-    count: int = WRONG_COUNT,
-) -> tuple[Path, int]:
-    """A grid of the ``count`` wrong predictions with the highest predicted probability;
-    returns the file and how many images it shows."""
-    from matplotlib.figure import Figure
-
-    pred = probs.argmax(1)
-    wrong = np.flatnonzero(pred != true)
-    wrong = wrong[np.argsort(-probs[wrong, pred[wrong]], kind="stable")][:count]
-    cols = 4
-    rows = max(1, -(-count // cols))
-    fig = Figure(figsize=WRONG_SIZE, layout="constrained")
-    axes = fig.subplots(rows, cols, squeeze=False).ravel()
-    for ax in axes:
-        ax.axis("off")
-    for ax, i in zip(axes, wrong):
-        ax.imshow(images[i], interpolation="nearest")
-        ax.set_title(
-            f"true: {classes[true[i]]}\npredicted: {classes[pred[i]]} "
-            f"{100 * probs[i, pred[i]]:.0f}%",
-            fontsize=9,
-            color="tab:red",
-            **PLAIN,
-        )
-    fig.suptitle(
-        "most confidently wrong test images" if len(wrong) else "no test image was misclassified"
-    )
-    return _save(fig, path), len(wrong)
+from .seeds import collect, format_table, is_multi_seed, seed_dir
 
 
 def report_checkpoint(run_dir: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
@@ -349,9 +210,11 @@ def write_report(run_dir: str | os.PathLike, bundle: DataBundle | None = None) -
 
     Without ``bundle``, only the training curves; with the data the run was trained on
     (decoded at the run's image size), also the confusion matrix, per-class accuracy and the
-    most confidently wrong test images. Needs matplotlib (``pip install
-    'cifar-resnet[report]'``).
+    most confidently wrong test images. A multi-seed folder gets :func:`write_seeds_report`.
+    Needs matplotlib (``pip install 'cifar-resnet[report]'``).
     """
+    if is_multi_seed(run_dir):
+        return write_seeds_report(run_dir, bundle)
     run_dir = Path(run_dir)
     rows = check_run(run_dir)
     steps_per_epoch = read_json(run_dir / "run.json").get("steps_per_epoch")
@@ -367,4 +230,37 @@ def write_report(run_dir: str | os.PathLike, bundle: DataBundle | None = None) -
             "",
         ]
     written.append(write_text_atomic(run_dir / "report.md", "\n".join(lines)))
+    return written
+
+
+def write_seeds_report(out_dir: str | os.PathLike, bundle: DataBundle | None = None) -> list[Path]:
+    """A multi-seed folder's report: each seed's own (:func:`write_report`, into its folder),
+    ``seeds.png`` (:func:`plot_seeds`) and ``report.md`` with the table of every seed's figures
+    and their spread; seeds that have not finished an epoch are left out."""
+    out = Path(out_dir)
+    require("matplotlib", "report")
+    result = collect(out)
+    runs, written = {}, []
+    for seed in result["seeds"]:
+        folder = seed_dir(out, seed)
+        if (folder / "metrics.csv").is_file():
+            written += write_report(folder, bundle)
+            runs[str(seed)] = read_metrics(folder)
+    if not runs:
+        raise UsageError(f"no seed in {out} has finished an epoch yet; report after the first")
+    written.append(plot_seeds(runs, out / "seeds.png"))
+    lines = [
+        f"# Seeds report: {_markdown_text(out.name)}",
+        "",
+        f"{len(result['runs'])} of {len(result['seeds'])} seeds finished; "
+        "the spread is over those (std: sample, n-1).",
+        "",
+        "![every seed's curves (thin) and their mean (thick)](seeds.png)",
+        "",
+        *format_table(result),
+        "",
+        "Each seed's own report: " + ", ".join(f"[seed {s}](seed-{s}/report.md)" for s in runs),
+        "",
+    ]
+    written.append(write_text_atomic(out / "report.md", "\n".join(lines)))
     return written

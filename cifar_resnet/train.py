@@ -21,16 +21,17 @@ from . import distributed
 from .budget import budget_schedule, plan_steps
 from .config import TrainConfig
 from .data import DataBundle, splits_for
-from .errors import CheckpointError, DistributedError, UsageError
+from .errors import CheckpointError, CifarResnetError, DistributedError, UsageError
 from .evaluate import check_classes
 from .loader import eval_loader
 from .loop import evaluate_model, train_epochs
-from .models import min_input_size
+from .models import has_option_a, min_input_size
 from .run import Run, RunState, make_run_checkpoint
 from .rundir import RunDir
 from .runtime import resolve_device, resolve_runtime, seed_everything
 from .step import Stepper
 from .trainer import build_trainer, iter_steps, model_name
+from .weights import init_weights
 
 __all__ = ["fit", "weights_digest", "check_resume"]
 
@@ -70,9 +71,8 @@ def fit(
     dist_info, dev = distributed.setup(resolve_device(device), dist_backend, dist_timeout)
     folder = RunDir(out_dir)
     try:
-        if dist_info.is_main:
-            folder.lock()
-        ckpt = _resume_checkpoint(resume, folder, overwrite, dist_info.is_main)
+        _take_folder(folder, dist_info, dev)
+        ckpt = _resume_checkpoint(resume, folder, overwrite, dist_info.is_main, dev)
         run = _set_up(config, bundle, folder, preset, dev, ckpt, dist_info, started, log, quiet)
         if data_spec is not None:
             run.meta["data"] = data_spec
@@ -102,11 +102,29 @@ def _is_terminal() -> bool:
     return sys.stdout.isatty()
 
 
+def _take_folder(folder: RunDir, dist_info: distributed.DistInfo, dev: torch.device) -> None:
+    """Rank 0 locks the run folder; every rank learns whether it could (no rank goes on into
+    collectives that rank 0 has left)."""
+    error = None
+    if dist_info.is_main:
+        try:
+            folder.lock()
+        except CifarResnetError as e:
+            error = e
+    if distributed.any_rank(error is not None, dev):
+        raise error or DistributedError("rank 0 could not take the run folder; see its error")
+
+
 def _resume_checkpoint(
-    resume: dict[str, Any] | str | None, folder: RunDir, overwrite: bool, main: bool
+    resume: dict[str, Any] | str | None,
+    folder: RunDir,
+    overwrite: bool,
+    main: bool,
+    dev: torch.device,
 ) -> dict[str, Any] | None:
     """The checkpoint to continue from, by ``checkpoint.find_resume``'s policy; a new run
-    clears what a previous one left (only rank 0 changes files)."""
+    clears what a previous one left. Only rank 0 looks at the folder for a previous run and
+    changes files (the others would see the files rank 0 is writing)."""
     if isinstance(resume, dict):
         return resume
     if resume not in (None, "auto", "required"):
@@ -115,7 +133,8 @@ def _resume_checkpoint(
         found = ckpt_io.find_resume(folder.path, required=resume == "required", quarantine=main)
         if found is not None:
             return found[1]
-    elif folder.holds_run() and not overwrite:
+    taken = main and resume is None and folder.holds_run() and not overwrite
+    if distributed.any_rank(taken, dev):
         raise UsageError(
             f"{folder.path} already holds a run; continue it with --resume {folder.path}, "
             "replace it with --overwrite, or choose a new --out"
@@ -158,7 +177,8 @@ def _set_up(config, bundle, folder, preset, dev, resume, dist_info, started, log
     test_loader, val_loader = (
         _eval_loader(part, config, splits, runtime, dist_info) for part in (splits.test, splits.val)
     )
-    trainer = build_trainer(config, splits, runtime, dist_info, resume)
+    options, init_state = _model_start(config, resume)
+    trainer = build_trainer(config, splits, runtime, dist_info, resume, options, init_state)
     state = RunState()
     if resume is not None:
         state = _run_state(resume["state"])
@@ -171,6 +191,7 @@ def _set_up(config, bundle, folder, preset, dev, resume, dist_info, started, log
         "model_name": model_name(config),
         "preset": preset,
         "input_size": int(splits.train.images.shape[1]),
+        **options,
     }
     quiet = quiet or not dist_info.is_main
     log = (lambda message: None) if quiet else log
@@ -190,6 +211,18 @@ def _set_up(config, bundle, folder, preset, dev, resume, dist_info, started, log
         log=log,
         quiet=quiet,
     )
+
+
+def _model_start(config: TrainConfig, resume: dict[str, Any] | None):
+    """(model options, starting weights or None): a resumed run's own options; a new run's
+    from ``--init-from``'s weights, else the current defaults."""
+    name = model_name(config)
+    if resume is not None:
+        return ckpt_io.model_options(resume), None
+    if config.init_from:
+        state, options = init_weights(config.init_from, name)
+        return options, state
+    return ({"option_a_pad": "both"} if has_option_a(name) else {}), None
 
 
 def _check_input_size(config: TrainConfig, splits) -> None:

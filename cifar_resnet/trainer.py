@@ -49,9 +49,13 @@ def build_trainer(
     runtime: Runtime,
     dist_info: distributed.DistInfo | None = None,
     resume: dict[str, Any] | None = None,
+    model_options: dict[str, Any] | None = None,
+    init_state: dict[str, torch.Tensor] | None = None,
 ) -> Trainer:
     """The training loader, model, optimizer and step as ``fit`` trains them, with ``resume``'s
-    weights, optimizer, lookahead and EMA state loaded (not its RNG or counters)."""
+    weights, optimizer, lookahead and EMA state loaded (not its RNG or counters), or a new
+    run's starting weights ``init_state`` (fine-tuning). ``model_options``: see
+    ``checkpoint.model_options``."""
     dist_info = dist_info or distributed.DistInfo()  # single process
     dev = runtime.device
     loader = train_loader(
@@ -65,12 +69,15 @@ def build_trainer(
         rank=dist_info.rank,
         world_size=dist_info.world_size,
     )
-    model = create_model(model_name(config), len(splits.classes)).to(dev)
+    model = create_model(model_name(config), len(splits.classes), **(model_options or {}))
+    model = model.to(dev)
     if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if hasattr(model, "init_whitening") and resume is None:
         # The stem whitens 2x2 patches of (up to) 5000 unaugmented training images.
         model.init_whitening(loader.augment(loader.images[:5000]))
+    if init_state is not None and resume is None:
+        ckpt_io.load_weights(model, init_state, f"--init-from {config.init_from}")
     optimizer = make_optimizer(model, config, dev)
     if resume is not None:
         ckpt_io.load_weights(model, resume["model"], "the checkpoint's model")

@@ -35,6 +35,8 @@ def test_package_import_defers_torch():
         "from cifar_resnet import create_model, fit, load_data, load_model\n"
         "assert 'torch' in sys.modules and fit.__module__ == 'cifar_resnet.train'\n"
         "assert callable(create_model) and callable(load_data) and callable(load_model)\n"
+        "from cifar_resnet import fit_seeds\n"
+        "assert fit_seeds.__module__ == 'cifar_resnet.seeds'\n"
         "assert set(cifar_resnet.__all__) <= set(dir(cifar_resnet))\n"
         "try:\n    cifar_resnet.no_such_name\nexcept AttributeError:\n    pass\n"
         "else:\n    raise SystemExit('no AttributeError')\n"

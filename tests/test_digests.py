@@ -28,6 +28,14 @@ DIGESTS = {
     "resnet20": "c39f4c71cf8f0293428c09f46098749732cdb5af5d053deb044eb77153747a88",
     "fast": "56ec0eca5bef0f79edf685205ee9cdf8330dfad0cd4e01cd9f3cb76b3000d728",
 }
+# Option A's zero channels moved to both sides of the input (the published weights' layout)
+# after the redesign, on purpose: a new resnet20 run computes something else from then on.
+# Its recorded digest above is still reproduced exactly by the version-1 checkpoint's resume
+# (an old run keeps its padding); a new run is held to the digest recorded after the change.
+NEW_RUNS = {
+    **DIGESTS,
+    "resnet20": "0dd60fbb9407763e68b6d042da8b2753a0f71e3228bf2e089c725c507eda71d0",
+}
 RUNS = {
     "seed": ["--preset", "seed", "--epochs", "2", "--batch-size", "32", "--val-split", "32",
              "--ema", "0.9"],
@@ -75,7 +83,7 @@ def train(data: Path, out: Path, *args: str) -> dict:
 def test_fixed_seed_runs_end_on_the_recorded_weights(data, tmp_path, cache_dir, name):
     summary = train(data, tmp_path / name, *RUNS[name])
     if SAME_PLATFORM:
-        assert summary["weights_sha256"] == DIGESTS[name]
+        assert summary["weights_sha256"] == NEW_RUNS[name]
     assert summary["steps"] == {"seed": 10, "resnet20": 6, "fast": 12}[name]
 
 

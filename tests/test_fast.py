@@ -248,8 +248,9 @@ def test_solve_steps_counts_evaluations_and_saves():
 def test_a_wrong_plan_is_corrected_by_the_runs_own_speed(
     tiny_folder, tmp_path, monkeypatch, cache_dir
 ):
-    """A probe that saw a 3x slower machine plans a third of the steps; after epoch 1 the run
-    re-plans from its measured speed, ends on the new plan and completes the decay."""
+    """A probe that saw a 10x slower machine plans a tenth of the steps; the run re-plans from
+    its measured speed, ends on the new plan and completes the decay (10x: a margin that a
+    loaded machine's own slowdown does not close)."""
     from cifar_resnet import train
     from cifar_resnet.data import load_data
 
@@ -257,7 +258,7 @@ def test_a_wrong_plan_is_corrected_by_the_runs_own_speed(
 
     def slow_probe(*args, **kwargs):
         plan = real(*args, **kwargs)
-        plan.steps = max(plan.steps // 3, 1)
+        plan.steps = max(plan.steps // 10, 1)
         return plan
 
     monkeypatch.setattr(train, "plan_steps", slow_probe)
@@ -271,7 +272,7 @@ def test_a_wrong_plan_is_corrected_by_the_runs_own_speed(
         log=logs.append,
     )
     first = next(m for m in logs if "steps planned" in m)
-    planned = int(first.split(": ")[1].split()[0]) // 3
+    planned = int(first.split(": ")[1].split()[0]) // 10
     assert any("re-planned" in m for m in logs)
     assert summary["steps"] == summary["planned_steps"] > planned
     assert f"steps = {summary['steps']}" in (tmp_path / "run" / "config.toml").read_text()

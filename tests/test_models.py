@@ -79,10 +79,10 @@ def test_other_input_sizes_pool_globally():
 
 def test_shortcut_a_subsamples_and_zero_pads():
     x = torch.arange(2 * 2 * 4 * 4, dtype=torch.float32).view(2, 2, 4, 4)
-    y = ShortcutA(2, 5, stride=2)(x)
+    y = ShortcutA(2, 5, stride=2)(x)  # 3 new channels: 1 before the input, 2 after it
     assert y.shape == (2, 5, 2, 2)
-    assert torch.equal(y[:, :2], x[:, :, ::2, ::2])
-    assert not y[:, 2:].any()
+    assert torch.equal(y[:, 1:3], x[:, :, ::2, ::2])
+    assert not y[:, :1].any() and not y[:, 3:].any()
 
 
 def test_he_blocks_use_option_a_without_parameters():

@@ -147,7 +147,7 @@ def test_the_first_epoch_line_of_an_unevaluated_epoch_reads_cleanly():
 
 @pytest.mark.filterwarnings("ignore")
 def test_the_lr_plot_has_every_logged_step(tmp_path):
-    from cifar_resnet.report import _lr_points
+    from cifar_resnet.plots import _lr_points
 
     rows = [{"epoch": 1.0, "step": 10.0, "lr": 0.5}, {"epoch": 2.0, "step": 20.0, "lr": 0.1}]
     steps = [{"step": float(s), "lr": s / 10} for s in range(1, 10)]

@@ -10,10 +10,11 @@ from matplotlib.text import Text
 from PIL import Image
 from test_predict_export import load_subset, train_tiny_run
 
-from cifar_resnet import report
+from cifar_resnet import plots as report  # the figures (sizes, plot_*) live in plots
 from cifar_resnet.cli import main
 from cifar_resnet.errors import UsageError
-from cifar_resnet.report import DPI, write_report
+from cifar_resnet.plots import DPI
+from cifar_resnet.report import write_report
 
 
 def pixels(size: tuple[float, float]) -> tuple[int, int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import UsageError
 from .flags import (
     EVAL_FIELDS,
     EVAL_HELP,
@@ -13,6 +14,7 @@ from .flags import (
     add_device_flag,
     add_tta_flag,
     flag_values,
+    load_bundle,
     load_run_bundle,
     to_json,
 )
@@ -25,7 +27,33 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Evaluate a run's newest checkpoint (or a .pt file) on the test images "
         "its run held out (or its validation images).",
     )
-    e.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
+    e.add_argument("target", nargs="?", metavar="RUN_DIR|CHECKPOINT")
+    e.add_argument(
+        "--weights",
+        metavar="FILE",
+        help="evaluate weights made elsewhere instead of a run: a state dict, or a dict with "
+        "one under 'state_dict' (published weights; 'module.' prefixes are stripped); needs "
+        "--model and --data",
+    )
+    e.add_argument(
+        "--model",
+        dest="weights_model",
+        help="with --weights: the network they are for, e.g. resnet20",
+    )
+    e.add_argument(
+        "--normalize",
+        dest="weights_normalize",
+        choices=("half", "dataset", "imagenet"),
+        default="half",
+        help="with --weights: the normalisation they were trained with (published CIFAR "
+        "ResNets: imagenet) (default: half)",
+    )
+    e.add_argument(
+        "--mean", dest="weights_mean", type=_floats, metavar="R,G,B", help="with --weights: mean"
+    )
+    e.add_argument(
+        "--std", dest="weights_std", type=_floats, metavar="R,G,B", help="with --weights: std"
+    )
     add_data_flags(
         e,
         required=False,
@@ -57,9 +85,14 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluate import evaluate_checkpoint, format_report
     from ..runtime import resolve_device, resolve_precision
 
-    path, ckpt = resolve_checkpoint(args.target)
     overrides = flag_values(args)
-    bundle = load_run_bundle(args, ckpt, overrides.get("image_size"))
+    if args.weights:
+        path, ckpt, bundle = _external(args, overrides.get("image_size"))
+    else:
+        if args.target is None:
+            raise UsageError("give a run folder or checkpoint to evaluate, or --weights FILE")
+        path, ckpt = resolve_checkpoint(args.target)
+        bundle = load_run_bundle(args, ckpt, overrides.get("image_size"))
     device = resolve_device(args.device)
     precision = overrides.pop("precision", ckpt["config"].get("precision", "auto"))
     result = evaluate_checkpoint(
@@ -81,3 +114,35 @@ def run(args: argparse.Namespace) -> int:
         print(f"checkpoint {path} ({describe_checkpoint(ckpt)})")
         print(format_report(result))
     return 0
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        values = [float(t) for t in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected three numbers R,G,B, got {text!r}") from None
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"expected three numbers R,G,B, got {text!r}")
+    return values
+
+
+def _external(args: argparse.Namespace, image_size: int | None):
+    """(path, checkpoint dict, data) for ``--weights FILE --model NAME --data DIR``."""
+    from ..data import HALF, IMAGENET, channel_stats
+    from ..weights import weights_checkpoint
+
+    if args.target is not None:
+        raise UsageError("give either a run/checkpoint or --weights FILE, not both")
+    if not args.weights_model or not args.data:
+        raise UsageError("--weights needs --model NAME and --data (the images to evaluate on)")
+    if (args.weights_mean is None) != (args.weights_std is None):
+        raise UsageError("--mean and --std go together")
+    bundle = load_bundle(args, image_size)
+    if args.weights_mean is not None:
+        mean, std = args.weights_mean, args.weights_std
+    elif args.weights_normalize == "dataset":
+        mean, std = channel_stats(bundle.train.images)
+    else:
+        mean, std = IMAGENET if args.weights_normalize == "imagenet" else HALF
+    ckpt = weights_checkpoint(args.weights, args.weights_model, bundle.classes, mean, std)
+    return args.weights, ckpt, bundle

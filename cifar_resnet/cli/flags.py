@@ -57,7 +57,13 @@ FIELD_HELP = {
     "2 mirror + 1-pixel translations (6 passes)",
     "padding": "random-crop zero padding in pixels (seed 1, paper 4); 0 disables cropping",
     "flip": "random horizontal flips (--no-flip for data where left/right matters)",
-    "normalize": "half: (x-0.5)/0.5 as the seed; dataset: training-set per-channel mean/std",
+    "normalize": "half: (x-0.5)/0.5 as the seed; dataset: training-set per-channel mean/std; "
+    "imagenet: ImageNet's mean/std (what published CIFAR weights were trained with)",
+    "mean": "per-channel mean on the 0..1 scale, e.g. 0.49,0.48,0.45 (with --std; replaces "
+    "--normalize)",
+    "std": "per-channel standard deviation on the 0..1 scale (with --mean)",
+    "init_from": "start from these weights with a fresh optimizer and schedule (fine-tuning): "
+    "a run folder, a checkpoint, or a state-dict file such as published weights",
     "precision": "auto picks bf16 on GPUs and CPUs that run it natively, else fp32",
     "channels_last": "NHWC memory format; auto is on (faster on CPUs and GPUs measured here)",
     "compile": "torch.compile the model; auto is off (no gain measured on CPUs; on GPUs each "
@@ -116,6 +122,15 @@ def _list_of_ints(text: str) -> list[int]:
         ) from None
 
 
+def _list_of_floats(text: str) -> list[float]:
+    try:
+        return [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers such as 0.5,0.5,0.5, got {text!r}"
+        ) from None
+
+
 def parse_duration(text: str) -> float:
     """'90s', '5m', '1h30m', '2.5m' or plain seconds -> seconds."""
     text = text.strip().lower()
@@ -152,6 +167,8 @@ def add_config_flags(
             p.add_argument(flag, **kw)
         elif types[f.name] is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+        elif f.name in ("mean", "std"):
+            p.add_argument(flag, type=_list_of_floats, metavar="R,G,B", **kw)
         elif isinstance(default, list):
             p.add_argument(flag, type=_list_of_ints, metavar="N,N", **kw)
         elif f.name == "time_budget":

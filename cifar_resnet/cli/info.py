@@ -15,10 +15,12 @@ def add_parsers(subparsers) -> None:
 
 
 def models(args: argparse.Namespace) -> int:
-    from ..models import count_parameters, create_model, list_models  # imports torch
+    from ..models import PUBLISHED_WEIGHTS, count_parameters, create_model, list_models
 
     for name, about in list_models().items():
         print(f"{name:<11} {count_parameters(create_model(name)):>10,} params  {about}")
+        if name in PUBLISHED_WEIGHTS:
+            print(f"{'':<30}loads published weights: {PUBLISHED_WEIGHTS[name]}")
     return 0
 
 

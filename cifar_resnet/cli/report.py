@@ -12,7 +12,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "report",
         help="plots and report.md for a run (needs matplotlib)",
         description="Write curves.png and report.md into a run folder; with --data also the "
-        "confusion matrix, per-class accuracy and the most confidently wrong test images.",
+        "confusion matrix, per-class accuracy and the most confidently wrong test images. "
+        "A multi-seed folder (train --seeds) gets every seed's report and seeds.png.",
     )
     p.add_argument("run_dir", metavar="RUN_DIR")
     # Without --data, curves only.
@@ -32,9 +33,21 @@ def run(args: argparse.Namespace) -> int:
     from ..checkpoint import resolve_checkpoint
     from ..report import check_run, write_report
 
-    check_run(args.run_dir)  # fail on a missing folder or matplotlib before decoding data
-    _, ckpt = resolve_checkpoint(args.run_dir)
+    run_dir = _data_run(args.run_dir)
+    check_run(run_dir)  # fail on a missing folder or matplotlib before decoding data
+    _, ckpt = resolve_checkpoint(run_dir)
     bundle = load_run_bundle(args, ckpt, required=False)  # at the image size it trained on
     for path in write_report(args.run_dir, bundle):
         print(f"wrote {path}")
     return 0
+
+
+def _data_run(run_dir: str):
+    """The run whose checkpoint names the data: ``run_dir``, or for a multi-seed folder its
+    first seed that has trained an epoch."""
+    from ..seeds import is_multi_seed, read_plan, seed_dir
+
+    if not is_multi_seed(run_dir):
+        return run_dir
+    folders = [seed_dir(run_dir, s) for s in read_plan(run_dir)["seeds"]]
+    return next((f for f in folders if (f / "metrics.csv").is_file()), folders[0])

@@ -46,6 +46,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "valid checkpoint; auto: continue --out if it has one, else start it",
     )
     t.add_argument(
+        "--seeds",
+        metavar="LIST",
+        help="train one run per seed, one after another, into OUT/seed-S (each what --seed S "
+        "--out OUT/seed-S makes), then OUT/summary.json and a table with mean ± std: "
+        "0,1,2, a range 0-4, or both: 0-2,7; --resume OUT continues the unfinished seeds",
+    )
+    t.add_argument(
         "--overwrite",
         action="store_true",
         help="start a new run in an --out that already holds one, deleting the old run's files",
@@ -122,6 +129,8 @@ def run(args: argparse.Namespace) -> int:
     from ..train import fit
 
     out = _run_folder(args)
+    if _several_seeds(args, out):
+        return _run_seeds(args, out, started)
     preset, config, resume = _recipe(args, out)
     bundle = load_bundle(args, config.image_size, progress=sys.stderr.isatty() and not args.quiet)
     summary = fit(
@@ -129,16 +138,8 @@ def run(args: argparse.Namespace) -> int:
         bundle,
         out,
         preset=preset,
-        device=args.device,
         resume=resume,
-        overwrite=args.overwrite,
-        quiet=args.quiet,
-        dist_backend=args.dist_backend,
-        dist_timeout=args.dist_timeout,
-        started=started,
-        tensorboard=args.tensorboard,
-        data_spec=_spec(args.data),
-        log_every=args.log_every,
+        **_run_options(args, started),
     )
     if "checkpoint" not in summary:  # not rank 0 of a torchrun job
         return 0
@@ -158,23 +159,11 @@ def _recipe(args: argparse.Namespace, out: str):
     """(preset, config, checkpoint to resume or None); sets ``args.data`` to the run's data:
     a resumed run's recorded data unless --data is given."""
     from .. import checkpoint as ckpt_io
-    from ..runtime import resolve_device
 
     flags = flag_values(args)
     found = ckpt_io.find_resume(out, required=args.resume != "auto") if args.resume else None
     if found is None:
-        preset, config = resolve_config(
-            args.preset,
-            load_toml(args.config) if args.config else None,
-            flags,
-            file_name=args.config or "config file",
-            device_type=resolve_device(args.device).type,
-        )
-        if args.data is None:
-            raise UsageError(
-                "--data is required for a new run: an image folder, a CIFAR archive, or cifar10"
-            )
-        return preset, config, None
+        return (*_new_recipe(args, flags), None)
     path, resume = found
     if not args.quiet:
         print(f"resuming from {path}")
@@ -185,6 +174,111 @@ def _recipe(args: argparse.Namespace, out: str):
     if args.data is None:
         raise UsageError(f"{out} does not record its data (an older run); pass --data")
     return preset, config, resume
+
+
+def _several_seeds(args: argparse.Namespace, out: str) -> bool:
+    """True for --seeds, or --resume of a multi-seed folder; a lone run into one is refused."""
+    from ..seeds import is_multi_seed
+
+    if args.seeds is not None or (args.resume and is_multi_seed(out)):
+        return True
+    if is_multi_seed(out):
+        raise UsageError(
+            f"{out} holds several seeds; continue them with --resume {out}, replace them "
+            "with --seeds LIST --overwrite, or choose a new --out"
+        )
+    return False
+
+
+def _run_seeds(args: argparse.Namespace, out: str, started: float) -> int:
+    """``--seeds`` (or ``--resume`` of a multi-seed folder): every seed through ``fit_seeds``
+    with the recipe, data and device a lone run gets, then the reports and the table."""
+    from ..seeds import fit_seeds, format_table
+
+    preset, config, seeds, resume = _seeds_recipe(args, out)
+    bundle = load_bundle(args, config.image_size, progress=sys.stderr.isatty() and not args.quiet)
+    result = fit_seeds(
+        config,
+        bundle,
+        out,
+        seeds,
+        preset=preset,
+        resume=resume,
+        **_run_options(args, started),
+    )
+    if not args.no_report:
+        _report(out, bundle, args.quiet)
+    if args.quiet:
+        print(to_json(result))
+        return 0
+    acc = result["aggregate"]["test_accuracy"]
+    print("\n".join(["", *format_table(result), ""]))
+    print(
+        f"done: {len(result['seeds'])} seeds, test accuracy {acc['mean']:.2f}% ± "
+        f"{acc['std']:.2f} (min {acc['min']:.2f}, max {acc['max']:.2f}); summary in "
+        f"{Path(out) / 'summary.json'}"
+    )
+    return 0
+
+
+def _seeds_recipe(args: argparse.Namespace, out: str):
+    """(preset, config, seeds or None, resume mode) of a multi-seed command; sets ``args.data``
+    as :func:`_recipe` does (a continued folder's recorded data unless --data is given)."""
+    from ..seeds import is_multi_seed, parse_seeds, read_plan
+
+    if "seed" in vars(args):
+        raise UsageError("--seed with several seeds: each run gets its own; drop --seed")
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else None
+    flags = flag_values(args)
+    if args.resume not in (None, "auto") and not is_multi_seed(out):
+        raise UsageError(
+            f"--resume {out}: not a multi-seed folder (no seeds.json); drop --seeds to "
+            f"continue a single run, or start one with --out {out} --seeds {args.seeds}"
+        )
+    if args.resume and is_multi_seed(out):
+        plan = read_plan(out)
+        if not args.quiet:
+            print(f"continuing the seeds in {out}")
+        _, config = resolve_config(plan["preset"], plan["config"], flags)
+        args.data = args.data or plan.get("data")
+        if args.data is None:
+            raise UsageError(f"{out} does not record its data; pass --data")
+        return plan["preset"], config, seeds, "auto" if args.resume == "auto" else "required"
+    return (*_new_recipe(args, flags), seeds, args.resume)  # resume: None, or auto
+
+
+def _new_recipe(args: argparse.Namespace, flags: dict):
+    """(preset, config) of a new run: the preset (with its values for the device's type),
+    then --config, then the flags; --data is required."""
+    from ..runtime import resolve_device
+
+    preset, config = resolve_config(
+        args.preset,
+        load_toml(args.config) if args.config else None,
+        flags,
+        file_name=args.config or "config file",
+        device_type=resolve_device(args.device).type,
+    )
+    if args.data is None:
+        raise UsageError(
+            "--data is required for a new run: an image folder, a CIFAR archive, or cifar10"
+        )
+    return preset, config
+
+
+def _run_options(args: argparse.Namespace, started: float) -> dict:
+    """The ``fit`` options a lone run and every seed of ``--seeds`` take from the flags."""
+    return {
+        "device": args.device,
+        "overwrite": args.overwrite,
+        "quiet": args.quiet,
+        "dist_backend": args.dist_backend,
+        "dist_timeout": args.dist_timeout,
+        "started": started,
+        "tensorboard": args.tensorboard,
+        "data_spec": _spec(args.data),
+        "log_every": args.log_every,
+    }
 
 
 def _spec(data: str) -> str:

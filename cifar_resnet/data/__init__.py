@@ -22,6 +22,7 @@ from .decode import decode_image
 from .sources import ArraySplit, DataBundle
 from .splits import (
     HALF,
+    IMAGENET,
     RunSplits,
     channel_stats,
     eval_split,
@@ -37,6 +38,7 @@ __all__ = [
     "CIFAR_SIDE",
     "FORMAT_VERSION",
     "HALF",
+    "IMAGENET",
     "ArraySplit",
     "CifarArchive",
     "DataBundle",

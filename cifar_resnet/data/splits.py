@@ -18,6 +18,8 @@ from .sources import ArraySplit, DataBundle
 
 Stats = tuple[float, float, float]
 HALF: tuple[Stats, Stats] = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+# ImageNet's statistics, which published CIFAR weights (akamaster's) were trained with.
+IMAGENET: tuple[Stats, Stats] = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
 def stratified_indices(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -120,7 +122,7 @@ def run_splits(
     """The run's splits, all seeded by ``seed``: first ``val_split`` validation images are
     carved out of the training set, then the training and test sets are cut to
     ``limit_train`` / ``limit_test`` images (0: all). ``normalize`` is "dataset" (the
-    channel statistics of the final training images) or "half" (``HALF``)."""
+    channel statistics of the final training images), "half" (``HALF``) or "imagenet"."""
     train, val = bundle.train, None
     if val_split:
         if val_split >= len(train.labels):
@@ -134,20 +136,24 @@ def run_splits(
     if normalize == "dataset":
         mean, std = channel_stats(train.images)
     else:
-        mean, std = HALF
+        mean, std = IMAGENET if normalize == "imagenet" else HALF
     return RunSplits(train, val, test, list(bundle.classes), tuple(mean), tuple(std))
 
 
 def splits_for(bundle: DataBundle, config: Any) -> RunSplits:
-    """:func:`run_splits` with the selection fields of a run's recipe (a ``TrainConfig``)."""
-    return run_splits(
+    """:func:`run_splits` with the selection fields of a run's recipe (a ``TrainConfig``);
+    its explicit ``mean``/``std``, when given, replace the ``normalize`` rule."""
+    splits = run_splits(
         bundle,
         val_split=config.val_split,
         limit_train=config.limit_train,
         limit_test=config.limit_test,
         seed=config.seed,
-        normalize=config.normalize,
+        normalize="half" if config.mean else config.normalize,
     )
+    if config.mean:
+        splits.mean, splits.std = tuple(config.mean), tuple(config.std)
+    return splits
 
 
 def eval_split(
