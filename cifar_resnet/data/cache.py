@@ -12,13 +12,13 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from cifar_resnet.errors import DataError
+from cifar_resnet.errors import DataError, OutputError
+from cifar_resnet.files import write_atomic
 
 from .cifar import CIFAR_ARCHIVES
 from .decode import _reason
@@ -99,15 +99,13 @@ def _read_cache(path: Path) -> DataBundle | None:
 
 
 def _write_cache(path: Path, bundle: DataBundle) -> None:
-    tmp_name = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(
-            dir=path.parent, prefix=".tmp-", suffix=".npz", delete=False
-        ) as tmp:
-            tmp_name = tmp.name
+    """Write the cache file through the package's atomic writer; a failure is a warning (the
+    data is decoded again next time), never an error."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would add ".npz" to a name
             np.savez(
-                tmp,
+                f,
                 train_images=bundle.train.images,
                 train_labels=bundle.train.labels,
                 test_images=bundle.test.images,
@@ -115,16 +113,14 @@ def _write_cache(path: Path, bundle: DataBundle) -> None:
                 classes=np.array(bundle.classes, dtype=str),
                 source=np.array(bundle.source),
             )
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.replace(tmp_name, path)
-        tmp_name = None
-    except OSError as exc:
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, write)
+    except (OSError, OutputError) as exc:
+        reason = _reason(exc) if isinstance(exc, OSError) else str(exc).split(": ", 1)[-1]
         print(
-            f"warning: cannot write the data cache {path} ({_reason(exc)}); the data will "
-            "be decoded again next time, set CIFAR_RESNET_CACHE to a writable folder",
+            f"warning: cannot write the data cache {path} ({reason.split(';')[0]}); the data "
+            "will be decoded again next time, set CIFAR_RESNET_CACHE to a writable folder",
             file=sys.stderr,
         )
-    finally:
-        if tmp_name is not None:
-            Path(tmp_name).unlink(missing_ok=True)

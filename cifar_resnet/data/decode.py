@@ -196,11 +196,16 @@ class _SignalGuard:
     def disarm(self) -> None:
         self.armed = False
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: Any, exc: object, tb: object) -> None:
         if signal.SIGTERM in self.seen and signal.SIGTERM in self.previous:
             _die_by_sigterm()
         for signum, handler in self.previous.items():
             signal.signal(signum, handler)
+        # A Ctrl-C recorded while disarmed (e.g. as a worker's death broke the pool and the
+        # clean-up ran) is never lost: it still interrupts, after the workers are gone.
+        interrupted = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
+        if signal.SIGINT in self.seen and not interrupted:
+            raise KeyboardInterrupt
 
 
 def _terminate_workers(pool: concurrent.futures.ProcessPoolExecutor) -> None:
