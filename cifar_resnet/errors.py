@@ -17,6 +17,7 @@ EXIT_DIVERGED = 6  # the loss became NaN or infinite
 EXIT_DISTRIBUTED = 7  # another rank failed or timed out
 EXIT_LOCKED = 8  # the run folder is in use by another training process
 EXIT_INTERRUPTED = 130  # stopped by SIGINT or SIGTERM after saving; resume with --resume
+EXIT_PIPE = 141  # stdout closed by its reader (e.g. `| head`), as a program killed by SIGPIPE
 
 
 class CifarResnetError(Exception):

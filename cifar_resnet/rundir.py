@@ -172,6 +172,11 @@ def read_csv(path: str | os.PathLike) -> list[dict[str, float | None]]:
 def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, float | None]]:
     """RUN/metrics.csv; a folder without one is a UsageError."""
     path = Path(run_dir) / "metrics.csv"
+    if not path.is_file() and RunDir(run_dir).holds_run():
+        raise UsageError(
+            f"{run_dir} has no finished epoch yet (it was stopped in its first); report after "
+            "an epoch: continue it with `cifar-resnet train --resume`"
+        )
     if not path.is_file():
         raise UsageError(
             f"no metrics.csv in {run_dir}; pass a run folder written by `cifar-resnet train --out`"

@@ -356,8 +356,12 @@ def test_symlink_loop_is_one_line_error(tmp_path: Path, make_loop) -> None:
 
 
 _SLOW_DECODE = """
-import multiprocessing, sys, time
+import multiprocessing, signal, sys, time
 from cifar_resnet.data import decode, load_data
+
+# As in a terminal: a job started in the background by a non-interactive shell (as CI may
+# start the tests) inherits SIGINT ignored, and then Ctrl-C could not reach it at all.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 multiprocessing.set_start_method("fork")  # the workers inherit the slow decode below
 decode.PARALLEL_THRESHOLD = 100

@@ -153,3 +153,13 @@ def test_the_lr_plot_has_every_logged_step(tmp_path):
     steps = [{"step": float(s), "lr": s / 10} for s in range(1, 10)]
     x, y = _lr_points(rows, steps, 10)
     assert len(x) == 11 and x[:3] == [0.1, 0.2, 0.3] and y[-1] == 0.1
+
+
+def test_a_closed_pipe_is_not_a_traceback():
+    """`cifar-resnet ... | head`: the reader goes away; exit 141 like a program SIGPIPE ends,
+    nothing on stderr."""
+    p = subprocess.Popen([sys.executable, "-m", "cifar_resnet", "presets"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    p.stdout.close()  # before the command writes its first line
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 141 and b"Traceback" not in err, err

@@ -196,7 +196,7 @@ def test_signal_saves_exits_130_and_resume_is_bitwise_equal(data3, reference, tm
     stdout, stderr = p.communicate(timeout=120)
     assert p.returncode == EXIT_INTERRUPTED, (stdout, stderr)
     lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("stopped: "), stderr  # a stop, not an error
+    assert len(lines) == 1 and lines[0].startswith("stopped by signal"), stderr  # not an error
     line = lines[0]
     assert f"stopped by signal {int(sig)}" in line
     assert f"continue with `cifar-resnet train --resume {out}`" in line

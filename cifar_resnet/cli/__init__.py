@@ -5,10 +5,11 @@ and ``--time-budget``'s clock starts before torch's import."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .. import __version__
-from ..errors import EXIT_INTERRUPTED, CifarResnetError, Interrupted
+from ..errors import EXIT_INTERRUPTED, EXIT_PIPE, CifarResnetError, Interrupted
 from . import evaluate, export, info, predict, report, train
 from .flags import Parser
 
@@ -30,12 +31,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except Interrupted as e:  # the user's own stop: not an error
-        print(f"stopped: {e}", file=sys.stderr)
+    except Interrupted as e:  # the user's own stop: not an error ("stopped by signal 2 ...")
+        print(e, file=sys.stderr)
         return e.exit_code
     except CifarResnetError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print("stopped: interrupted", file=sys.stderr)
+        print("stopped by Ctrl-C", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader went away (`... | head`): nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return EXIT_PIPE

@@ -111,7 +111,11 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(to_json(result))
     else:
-        print(f"checkpoint {path} ({describe_checkpoint(ckpt)})")
+        print(
+            f"weights {path}"
+            if args.weights
+            else f"checkpoint {path} ({result['checkpoint_state']})"
+        )
         print(format_report(result))
     return 0
 
