@@ -31,6 +31,7 @@ import os
 import random
 import re
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import TrainConfig, apply_overrides
+from .config import TrainConfig, apply_overrides, resolve_config
 from .errors import CheckpointError, UsageError
 from .files import write_atomic
 from .models import create_model, has_option_a
@@ -117,22 +118,31 @@ def save_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike) -> Path:
     )
 
 
+def load_error(
+    path: Path,
+    e: BaseException,
+    what: str = "checkpoint",
+    safe: str = "tensors and plain data",
+    damaged: str = "corrupt or truncated",
+) -> CheckpointError:
+    """The one-line error for a file ``torch.load(weights_only=True)`` refused: unsafe (it
+    needs a Python global beyond ``safe``) or ``damaged`` (corrupt, truncated, no pickle)."""
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    # Only a refused GLOBAL means "unsafe"; garbage bytes fail as "Unsupported operand".
+    if "GLOBAL" in str(e) or "safe_globals" in str(e):
+        return CheckpointError(
+            f"refusing to load {path}: it holds Python objects that could run code, not only {safe}"
+        )
+    if first.startswith("Weights only load failed") and what == "checkpoint":
+        first = "not a readable checkpoint"  # torch's advice (weights_only=False) does not apply
+    return CheckpointError(f"{what} {path} is {damaged} ({first[:160]})")
+
+
 def _torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure to unpickle means the file is unusable
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        # Only a refused GLOBAL means "unsafe"; garbage bytes fail as "Unsupported operand".
-        if "GLOBAL" in str(e) or "add_safe_globals" in str(e):
-            raise CheckpointError(
-                f"refusing to load {path}: it holds Python objects that "
-                "could run code, not only tensors and plain data"
-            ) from None
-        if first.startswith("Weights only load failed"):  # torch's advice does not apply here
-            first = "not a readable checkpoint"
-        raise CheckpointError(
-            f"checkpoint {path} is corrupt or truncated ({first[:160]})"
-        ) from None
+        raise load_error(path, e) from None
 
 
 def _check_fields(ckpt: dict[str, Any], fields: dict[str, Any], path: Path) -> None:
@@ -171,6 +181,16 @@ def checkpoint_config(ckpt: dict[str, Any], path: str | os.PathLike = "checkpoin
         return apply_overrides(TrainConfig(), ckpt["config"], str(path)).validate()
     except UsageError as e:
         raise CheckpointError(f"{e} (in the checkpoint's config)") from None
+
+
+def resumed_config(
+    ckpt: dict[str, Any], path: str | os.PathLike, changes: dict[str, Any], preset: str = "seed"
+) -> tuple[str, TrainConfig]:
+    """(preset, recipe) of a run continued from ``ckpt``: its saved recipe (a damaged one is a
+    CheckpointError) with ``changes`` (flags given with ``--resume``) on top."""
+    preset = ckpt.get("preset", preset)
+    saved = checkpoint_config(ckpt, path).to_dict()
+    return preset, resolve_config(preset, saved, changes)[1]
 
 
 def check_resumable(ckpt: dict[str, Any], path: str | os.PathLike) -> None:
@@ -267,8 +287,6 @@ def prune(run_dir: str | os.PathLike, keep: int, protect: list[Path] | tuple = (
 
 
 def _warn_stderr(message: str) -> None:
-    import sys
-
     print(message, file=sys.stderr)
 
 

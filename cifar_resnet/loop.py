@@ -86,8 +86,6 @@ def train_one_epoch(
     _check_finite(stepper, config, steps_per_epoch, total_steps)
     state.epoch_sums = [float(stepper.loss_sum), float(stepper.correct), seen]
     state.epoch_seconds += time.perf_counter() - start
-    if outcome == "done" and state.epoch_step < steps_per_epoch and state.step < total_steps:
-        outcome = "paused"  # cannot happen: the loader ran out early
     return outcome
 
 

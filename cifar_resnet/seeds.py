@@ -25,7 +25,7 @@ from typing import Any
 
 from . import checkpoint as ckpt_io
 from . import distributed
-from .config import TrainConfig, resolve_config
+from .config import TrainConfig
 from .data import DataBundle
 from .errors import UsageError
 from .rundir import RunDir, read_json
@@ -244,8 +244,7 @@ def _fit_seed(config, bundle, run_dir: Path, seed: int, preset, recorded, overwr
         for k, v in config.to_dict().items()
         if k != "seed" and recorded["config"].get(k, v) != v
     }
-    saved = ckpt_io.checkpoint_config(ckpt, path).to_dict()
-    preset, config = resolve_config(ckpt.get("preset", preset), saved, changes)
+    preset, config = ckpt_io.resumed_config(ckpt, path, changes, preset)
     return fit(config, bundle, run_dir, preset=preset, resume=ckpt, **kwargs)
 
 

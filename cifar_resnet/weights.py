@@ -16,6 +16,7 @@ from .checkpoint import (
     CHECKPOINT_VERSION,
     FORMAT,
     load_checkpoint,
+    load_error,
     model_options,
     resolve_checkpoint,
 )
@@ -58,16 +59,9 @@ def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"weights file {path} does not exist")
     try:
         obj = _load_allowing(path)
-    except Exception as e:  # noqa: BLE001 - turned into one line below, as load_checkpoint does
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "GLOBAL" in str(e) or "safe_globals" in str(e):
-            raise CheckpointError(
-                f"refusing to load {path}: it holds Python objects that could run code, not "
-                "only tensors, plain data and numpy numbers"
-            ) from None
-        raise CheckpointError(
-            f"weights file {path} is corrupt or unreadable ({first[:160]})"
-        ) from None
+    except Exception as e:  # noqa: BLE001 - any failure to unpickle means the file is unusable
+        safe = "tensors, plain data and numpy numbers"
+        raise load_error(path, e, "weights file", safe, "corrupt or unreadable") from None
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         obj = obj.get("model")
     elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):

@@ -9,6 +9,16 @@ SHARED = Path(os.environ.get("CIFAR_RESNET_SHARED", Path(__file__).resolve().par
 CIFAR_JPEG = SHARED / "data" / "cifar10-jpeg"
 
 
+def one_line_error(result, code):
+    """A finished command failed with exit ``code`` and one ``error:`` line on stderr, no
+    traceback; returns that line."""
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory):
     """One decode cache for the whole session, so the real data is decoded once."""

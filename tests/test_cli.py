@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import CIFAR_JPEG
+from conftest import CIFAR_JPEG, one_line_error
 
 
 def run(*args, env=None, timeout=900):
@@ -18,14 +18,6 @@ def run(*args, env=None, timeout=900):
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
-
-
-def one_line_error(result, code):
-    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.stderr
-    return lines[0]
 
 
 def rows(run_dir):

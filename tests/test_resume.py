@@ -19,6 +19,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import one_line_error
 from PIL import Image
 
 from cifar_resnet.checkpoint import checkpoint_files, load_checkpoint
@@ -46,13 +47,6 @@ def cli(*args):
 
 def run(*args, timeout=300):
     return subprocess.run(cli(*args), capture_output=True, text=True, timeout=timeout, env=ENV)
-
-
-def one_line_error(result, code):
-    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import one_line_error
 
 from cifar_resnet import files
 from cifar_resnet.checkpoint import (
@@ -35,14 +36,6 @@ QUICK = ["--epochs", 2, "--batch-size", 16, "--device", "cpu", "--no-report"]
 def run(*args, timeout=300):
     cmd = [sys.executable, "-m", "cifar_resnet", *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-
-
-def one_line_error(result, code):
-    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.stderr
-    return lines[0]
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

@@ -167,9 +167,7 @@ def _recipe(args: argparse.Namespace, out: str):
     path, resume = found
     if not args.quiet:
         print(f"resuming from {path}")
-    preset = resume.get("preset", "seed")
-    saved = ckpt_io.checkpoint_config(resume, path).to_dict()  # a damaged one: exit 4
-    _, config = resolve_config(preset, saved, flags)
+    preset, config = ckpt_io.resumed_config(resume, path, flags)  # a damaged one: exit 4
     args.data = args.data or resume.get("data")
     if args.data is None:
         raise UsageError(f"{out} does not record its data (an older run); pass --data")
