@@ -13,6 +13,7 @@ Rules (README, "Several GPUs and machines"):
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -85,7 +86,14 @@ def setup(
 
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
+        gc.collect()  # objects still holding the group (a DDP model in a cycle) go first
         dist.destroy_process_group()
+
+
+def barrier() -> None:
+    """Wait until every rank gets here (nothing in a single process)."""
+    if is_enabled():
+        dist.barrier()
 
 
 def is_enabled() -> bool:

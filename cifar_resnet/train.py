@@ -83,7 +83,13 @@ def fit(
         _plan(run)
         _write_run_files(run, bundle.source)
         train_epochs(run, progress)
-        return _finish(run)
+        summary = _finish(run)
+        # The run (its DDP model holds the process group) is released, and every rank has
+        # finished, before the group is destroyed: a gloo group torn down while a peer's
+        # model still referenced it could abort that process at exit.
+        del run
+        distributed.barrier()
+        return summary
     except RuntimeError as e:
         if not dist_info.enabled:
             raise

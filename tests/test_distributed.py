@@ -23,6 +23,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from PIL import Image
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from cifar_resnet.checkpoint import checkpoint_files, latest_valid, load_checkpoint
 from cifar_resnet.config import TrainConfig
@@ -95,6 +96,7 @@ def _worker(rank: int, world: int, port: int, job: dict) -> None:
     if job["mode"] == "evaluate":
         result = _evaluate_sharded(job["checkpoint"], bundle, rank, world)
     else:
+        _count_models_alive_at_teardown(job["results"], rank)
         resume = None
         if job.get("resume"):
             resume = latest_valid(job["out"])[1]
@@ -109,6 +111,24 @@ def _worker(rank: int, world: int, port: int, job: dict) -> None:
             dist_timeout=60,
         )
     Path(job["results"], f"rank{rank}.json").write_text(json.dumps(result))
+
+
+def _count_models_alive_at_teardown(results: str, rank: int) -> None:
+    """Record how many DDP models are still alive when the process group is destroyed
+    (a gloo group destroyed under a live DDP model can abort the process at exit: SIGABRT,
+    'terminate called without an active exception', in about one run in five here)."""
+    import gc
+
+    import torch.distributed as dist
+
+    destroy = dist.destroy_process_group
+
+    def counting_destroy(*args, **kwargs):
+        alive = sum(isinstance(o, DDP) for o in gc.get_objects())
+        Path(results, f"rank{rank}.teardown").write_text(str(alive))
+        return destroy(*args, **kwargs)
+
+    dist.destroy_process_group = counting_destroy
 
 
 def _evaluate_sharded(checkpoint: str, bundle, rank: int, world: int) -> dict:
@@ -252,6 +272,11 @@ def test_every_rank_holds_bitwise_identical_weights(runs):
     assert weights_digest(load_model(str(newest))) == summaries[0]["weights_sha256"]
     run = json.loads((run_dir / "run.json").read_text())
     assert run["world_size"] == 2 and run["sync_bn"] is True
+
+
+def test_no_model_holds_the_process_group_when_it_is_destroyed(runs):
+    teardown = sorted(runs["root"].glob("two-results-*/rank*.teardown"))
+    assert [int(p.read_text()) for p in teardown] == [0, 0]
 
 
 def test_without_sync_bn_ranks_still_agree(bundle, tmp_path):
