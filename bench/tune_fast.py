@@ -14,7 +14,12 @@ budget fixes the epochs (5 minutes ~ 3-4 epochs of fastnet-s on a 2-core CPU), t
 chooses the rest. "test" trains the preset unchanged on all training images, 3 seeds.
 "cpu-budget" runs the command line itself, one process per trial, under ``--budget`` (the
 CPU target's five minutes) on the validation split: what each setting reaches by the deadline
-on this machine, its speed included. Run it on a quiet machine.
+on this machine, its speed included. Run it on a quiet machine. To stand in for a CPU
+without native bf16 on one that has it, restrict oneDNN and ATen to AVX2 (fp32 is then what
+``--precision auto`` picks) and shorten the budget by the speed ratio (BENCHMARKS.md):
+
+    ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 python bench/tune_fast.py \
+        --data DIR --device cpu --stage cpu-budget --budget 3m --only progressive baseline
 """
 
 from __future__ import annotations
@@ -95,13 +100,21 @@ TRIALS = {
 
 
 # Flags over `--preset fast` on a CPU; each trial is `cifar-resnet train` under the budget.
+OFF = ["--early-scale", "0"]  # trials recorded before progressive resizing was the default
 BUDGET_TRIALS = [
-    ("batch 512 lr 1.5 (first CPU values)", ["--batch-size", "512", "--lr", "1.5"]),
-    ("batch 256 lr 0.75", ["--batch-size", "256", "--lr", "0.75"]),
-    ("24/48/96 batch 256 lr 0.75", ["--model", "tune-xs", "--batch-size", "256", "--lr", "0.75"]),
-    ("batch 128 lr 0.375", ["--batch-size", "128", "--lr", "0.375"]),
-    ("batch 128 lr 0.5", ["--batch-size", "128", "--lr", "0.5"]),
-    ("batch 64 lr 0.1875", ["--batch-size", "64", "--lr", "0.1875"]),
+    ("batch 512 lr 1.5 (first CPU values)", ["--batch-size", "512", "--lr", "1.5", *OFF]),
+    ("batch 256 lr 0.75", ["--batch-size", "256", "--lr", "0.75", *OFF]),
+    (
+        "24/48/96 batch 256 lr 0.75",
+        ["--model", "tune-xs", "--batch-size", "256", "--lr", "0.75", *OFF],
+    ),
+    ("batch 128 lr 0.375", ["--batch-size", "128", "--lr", "0.375", *OFF]),
+    ("batch 128 lr 0.5", ["--batch-size", "128", "--lr", "0.5", *OFF]),
+    ("batch 64 lr 0.1875", ["--batch-size", "64", "--lr", "0.1875", *OFF]),
+    # Progressive resizing (2026-11-28): the first half of the steps at 24x24.
+    ("baseline (the preset as it was)", OFF),
+    ("progressive 0.75", ["--early-scale", "0.75"]),
+    ("progressive 0.75 + TTA 2", ["--early-scale", "0.75", "--tta", "2"]),
 ]
 
 

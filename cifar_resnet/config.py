@@ -29,6 +29,11 @@ MAX_IMAGE_SIZE = 1024  # pixels a side: memory grows with its square (N images h
 MAX_LR = 1e4  # above this every recipe diverges at once; a bigger value is a typo
 
 
+def early_steps(fraction: float, total_steps: int) -> int:
+    """The steps of a ``total_steps`` run trained at the early (smaller) image size."""
+    return round(fraction * total_steps)
+
+
 @dataclass
 class TrainConfig:
     """Every knob of a training run, with its unit."""
@@ -71,6 +76,8 @@ class TrainConfig:
     limit_train: int = 0  # train on a stratified subset of this many images (0 = all)
     limit_test: int = 0  # evaluate on a stratified subset of this many images (0 = all)
     image_size: int = 0  # resize images to this square size (0 = keep)
+    early_scale: float = 0.0  # train the first early_fraction of the steps at this share of
+    early_fraction: float = 0.5  # the image side (progressive resizing; 0 = off)
     eval_batch_size: int = 1000  # images per evaluation batch
     tta: int = 0  # evaluation test-time augmentation: 0 none, 1 flip, 2 flip + translations
     keep: int = 2  # epoch checkpoints kept in RUN/checkpoints
@@ -151,11 +158,16 @@ class TrainConfig:
             )
         if not (math.isfinite(self.norm_lr_scale) and self.norm_lr_scale > 0):
             raise UsageError(f"norm_lr_scale must be a positive number, got {self.norm_lr_scale}")
-        for name in ("warmup_fraction", "whiten_bias_fraction"):
+        for name in ("warmup_fraction", "whiten_bias_fraction", "early_fraction"):
             if not 0 <= getattr(self, name) <= 1:
                 raise UsageError(
                     f"{name} is a share of the steps in 0..1, got {getattr(self, name)}"
                 )
+        if not 0 <= self.early_scale < 1:
+            raise UsageError(
+                f"early_scale is a share of the image side in [0, 1) (0 = off), e.g. 0.75, "
+                f"got {self.early_scale}"
+            )
         if not 0 <= self.ema < 1:
             raise UsageError(f"ema is a decay per step in [0, 1), e.g. 0.999, got {self.ema}")
         if not 0 <= self.label_smoothing < 1:
@@ -249,8 +261,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         # A 2-core CPU trains fastnet at ~60 images/s: a small net gets further in minutes.
         # Small batches run faster per image on a CPU (cache-sized activations) and gave more
         # per minute on validation (5-minute budgets: batch 512 83.04%, 256 84.10%, 128
-        # 84.82%, 64 84.24%). Applied when the run's device is a CPU, before --config and flags.
-        "_cpu": {"model": "fastnet-s", "batch_size": 128, "lr": 0.5, "epochs": 5, "tta": 1},
+        # 84.82%, 64 84.24%). Progressive resizing (the first half of the steps at 24x24)
+        # fits ~1.3x the steps into a budget: validation +0.38 points, 3 seeds, each ahead.
+        # Applied when the run's device is a CPU, before --config and flags.
+        "_cpu": {
+            "model": "fastnet-s",
+            "batch_size": 128,
+            "lr": 0.5,
+            "epochs": 5,
+            "tta": 1,
+            "early_scale": 0.75,
+        },
     },
 }
 

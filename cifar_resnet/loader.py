@@ -193,6 +193,16 @@ class DeviceLoader:
         return x
 
 
+def downscale(x: torch.Tensor, size: int) -> torch.Tensor:
+    """A batch (B, 3, H, W) resized to ``size`` x ``size`` (bilinear, antialiased), in the
+    memory format it came in: progressive resizing's early, cheaper steps."""
+    channels_last = x.is_contiguous(memory_format=torch.channels_last)
+    x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return x.contiguous(
+        memory_format=torch.channels_last if channels_last else torch.contiguous_format
+    )
+
+
 def train_loader(
     images: np.ndarray,
     labels: np.ndarray,

@@ -55,7 +55,7 @@ def train_one_epoch(
     loss_sum, correct, seen = state.epoch_sums
     stepper.set_counters(loss_sum, int(correct), state.step)
     if progress is not None:
-        progress.start_epoch(state.epoch, state.epoch_step)
+        progress.start_epoch(state.epoch, state.epoch_step, int(seen))
     start, outcome = time.perf_counter(), "done"
     try:
         for x, y in loader.batches(state.epoch_step):
@@ -77,7 +77,7 @@ def train_one_epoch(
                 stop.signum = stop.signum or signal.SIGTERM
                 outcome = "stopped"
                 break
-            if on_step is not None and on_step():
+            if on_step is not None and on_step() and state.step < total_steps:
                 outcome = "paused"
                 break
     finally:
@@ -160,7 +160,8 @@ def train_epochs(run: Run, tty: bool) -> None:
                 _interrupted(run, stop.signum)
             if outcome == "paused":
                 _replan(run, mid_epoch=True)
-                continue
+                if state.step < run.total_steps:
+                    continue
             try:
                 reached = _end_epoch(run, wall)
             except _EvaluationStopped:  # the epoch is trained: saved before its evaluation
@@ -294,10 +295,11 @@ def _replan(run: Run, epoch_steps: int = 0, mid_epoch: bool = False) -> None:
     state, plan, now = run.state, run.plan, time.perf_counter()
     if mid_epoch:
         mark_time, mark_step = run.plan_mark
-        step_s = (now - mark_time) / max(state.step - mark_step, 1)
+        start, seconds = mark_step, now - mark_time
     else:
-        step_s = state.epoch_seconds / max(epoch_steps, 1)
-    plan.step_s = distributed.all_mean([step_s], run.runtime.device)[0]
+        start, seconds = state.step - epoch_steps, state.epoch_seconds
+    seconds = distributed.all_mean([seconds], run.runtime.device)[0]
+    plan.rescale(start, max(state.step, start + 1), run.total_steps, seconds)
     run.plan_mark = (now, state.step)
     replanned = replan_steps(
         plan,

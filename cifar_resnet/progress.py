@@ -55,10 +55,11 @@ class Progress:
         self.bar: tqdm | None = None
         self.last_log = self.started
 
-    def start_epoch(self, epoch: int, epoch_step: int) -> None:
-        """``epoch`` is 0-based; ``epoch_step`` where a resumed epoch starts."""
+    def start_epoch(self, epoch: int, epoch_step: int, images: int = 0) -> None:
+        """``epoch`` is 0-based; ``epoch_step`` where a resumed (or paused) epoch goes on, and
+        ``images`` the epoch's images trained before it: the speed counts only those after."""
         self.epoch, self.epoch_start = epoch, time.perf_counter()
-        self.epoch_first = epoch_step
+        self.epoch_first, self.epoch_images = epoch_step, images
         if self.tty:
             self.bar = tqdm(
                 total=self.steps_per_epoch,
@@ -82,7 +83,8 @@ class Progress:
             return
         self.last_log = now
         loss, acc, images = read()
-        speed = images / max(now - self.epoch_start, 1e-9) if images else 0.0
+        images -= self.epoch_images
+        speed = images / max(now - self.epoch_start, 1e-9) if images > 0 else 0.0
         done = step - self.first_step
         eta = (now - self.started) / max(done, 1) * (self.total_steps - step)
         row = {

@@ -68,6 +68,11 @@ class Stepper:
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """One optimizer step on the batch ``(x, y)``."""
+        graph_shape = None if self.graph is None else self.static_x.shape
+        if graph_shape is not None and x.shape != graph_shape and x.shape[0] == graph_shape[0]:
+            # A full batch of another image size (progressive resizing): warm up and capture
+            # again at this size.
+            self.graph, self.eager_steps = None, 0
         if self.graph is not None and x.shape == self.static_x.shape:
             self.static_x.copy_(x)
             self.static_y.copy_(y)

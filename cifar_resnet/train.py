@@ -18,7 +18,7 @@ import torch
 
 from . import checkpoint as ckpt_io
 from . import distributed
-from .budget import budget_schedule, plan_steps
+from .budget import BudgetPlan, budget_schedule, plan_steps
 from .config import TrainConfig
 from .data import DataBundle, splits_for
 from .errors import CheckpointError, CifarResnetError, DistributedError, UsageError
@@ -68,6 +68,7 @@ def fit(
     ``log`` every ``log_every`` steps (default: every 10% of an epoch, or 30 s).
     """
     started = time.perf_counter() if started is None else started
+    _check_input_size(config, bundle)
     dist_info, dev = distributed.setup(resolve_device(device), dist_backend, dist_timeout)
     folder = RunDir(out_dir)
     try:
@@ -175,7 +176,6 @@ def _set_up(config, bundle, folder, preset, dev, resume, dist_info, started, log
             f"least the number of processes ({dist_info.world_size})"
         )
     splits = splits_for(bundle, config)
-    _check_input_size(config, splits)
     if resume is not None:
         check_resume(resume, config, folder.path)
         check_classes(bundle, resume)
@@ -231,8 +231,9 @@ def _model_start(config: TrainConfig, resume: dict[str, Any] | None):
     return ({"option_a_pad": "both"} if has_option_a(name) else {}), None
 
 
-def _check_input_size(config: TrainConfig, splits) -> None:
-    side, least = int(splits.train.images.shape[1]), min_input_size(model_name(config))
+def _check_input_size(config: TrainConfig, bundle: DataBundle) -> None:
+    """The model takes the images (checked before the run folder is touched)."""
+    side, least = int(bundle.train.images.shape[1]), min_input_size(model_name(config))
     if side < least:
         raise UsageError(
             f"{model_name(config)} needs images of at least {least}x{least} pixels, these are "
@@ -276,30 +277,54 @@ def _plan(run: Run) -> None:
         ckpt_io.save_checkpoint(make_run_checkpoint(run), probe_path)
         probe_path.unlink()
     save_s = distributed.all_sum([time.perf_counter() - t0], run.runtime.device)[0]
-    step_s, eval_s = _probe(run)
-    step_s, eval_s = distributed.all_mean([step_s, eval_s], run.runtime.device)
+    step_s, early_s, eval_s = _probe(run)
+    step_s, early_s, eval_s = distributed.all_mean([step_s, early_s, eval_s], run.runtime.device)
     elapsed = time.perf_counter() - run.started
+    costs = BudgetPlan(0, step_s, eval_s, save_s, early_s, config.early_fraction)
     run.plan = plan_steps(
-        config.time_budget, elapsed, step_s, eval_s, save_s, run.steps_per_epoch, config.eval_every
+        config.time_budget, elapsed, costs, run.steps_per_epoch, config.eval_every
     )
     run.state.planned_steps = run.plan.steps
     run.plan_mark = (time.perf_counter(), run.state.step)
     run.config = budget_schedule(config, run.plan.steps, run.steps_per_epoch)
+    side = run.trainer.early_size
+    early = f", {early_s * 1e3:.1f} ms at {side}x{side} (early steps)" if early_s else ""
     run.log(
         f"time budget {config.time_budget:g}s: {run.plan.steps} steps planned "
-        f"({run.plan.steps / run.steps_per_epoch:.1f} epochs; {step_s * 1e3:.1f} ms/step, "
+        f"({run.plan.steps / run.steps_per_epoch:.1f} epochs; {step_s * 1e3:.1f} ms/step{early}, "
         f"evaluation {eval_s:.1f}s, {elapsed:.1f}s spent before)"
     )
 
 
-def _probe(run: Run) -> tuple[float, float]:
-    """Seconds per training step and per evaluation, measured on a copy of the trainer built
-    exactly as the run's (compile, CUDA graph, EMA, lookahead included) at a tiny lr: the
-    graph's warm-up and capture untimed, then up to 20 steps or 1% of the budget."""
+def _probe(run: Run) -> tuple[float, float, float]:
+    """Seconds per training step (at full size, and at the early size: 0 without one) and per
+    evaluation, measured on a copy of the trainer built exactly as the run's (compile, CUDA
+    graph, EMA, lookahead included) at a tiny lr: the graph's warm-up and capture untimed,
+    then up to 20 steps or 1% of the budget each."""
     config = dataclasses.replace(run.config, lr=run.config.lr * 1e-3)
     with torch.random.fork_rng(devices=[]):  # the run's own random stream is untouched
         probe = build_trainer(config, run.splits, run.runtime, run.dist)
-    cuda = run.runtime.device.type == "cuda"
+    probe.early_fraction = 0.0
+    step_s = _time_steps(probe, config)
+    early_s = 0.0
+    if probe.early_size:
+        probe.early_fraction = 1.0
+        early_s = _time_steps(probe, config)
+    eval_s = 0.0
+    for loader in (run.test_loader, run.val_loader):
+        if loader is None:
+            continue
+        part = copy.copy(loader)  # timed on up to 2,000 images, scaled to the whole split
+        part.images, part.labels = loader.images[:2000], loader.labels[:2000]
+        t0 = time.perf_counter()
+        evaluate_model(run, probe.model, part)
+        eval_s += (time.perf_counter() - t0) * len(loader.labels) / len(part.labels)
+    return step_s, early_s, eval_s
+
+
+def _time_steps(probe, config: TrainConfig) -> float:
+    """Seconds per step of ``probe``, after its warm-up steps."""
+    cuda = probe.loader.device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     warm, t0 = (Stepper.WARMUP + 1 if cuda else 1), 0.0
     for done in iter_steps(probe, config, 1 << 30):
@@ -310,17 +335,7 @@ def _probe(run: Run) -> tuple[float, float]:
             if done - warm >= 20 or time.perf_counter() - t0 > 0.01 * config.time_budget:
                 break
     sync()
-    step_s = (time.perf_counter() - t0) / max(done - warm, 1)
-    eval_s = 0.0
-    for loader in (run.test_loader, run.val_loader):
-        if loader is None:
-            continue
-        part = copy.copy(loader)  # timed on up to 2,000 images, scaled to the whole split
-        part.images, part.labels = loader.images[:2000], loader.labels[:2000]
-        t0 = time.perf_counter()
-        evaluate_model(run, probe.model, part)
-        eval_s += (time.perf_counter() - t0) * len(loader.labels) / len(part.labels)
-    return step_s, eval_s
+    return (time.perf_counter() - t0) / max(done - warm, 1)
 
 
 def _write_run_files(run: Run, source: str) -> None:

@@ -12,11 +12,11 @@ import torch
 
 from . import checkpoint as ckpt_io
 from . import distributed
-from .config import TrainConfig
+from .config import TrainConfig, early_steps
 from .data import RunSplits
 from .errors import CheckpointError
-from .loader import DeviceLoader, train_loader
-from .models import create_model
+from .loader import DeviceLoader, downscale, train_loader
+from .models import create_model, min_input_size
 from .optim import Lookahead, lr_at, make_ema, make_optimizer, set_lr, update_ema
 from .runtime import Runtime
 from .step import Stepper
@@ -33,6 +33,8 @@ class Trainer:
     stepper: Stepper
     lookahead: Lookahead | None = None
     ema: Any = None  # torch.optim.swa_utils.AveragedModel
+    early_size: int = 0  # progressive resizing: the side of the early steps' images (0 = off)
+    early_fraction: float = 0.0  # the share of the steps trained at early_size
 
 
 def model_name(config: TrainConfig) -> str:
@@ -41,6 +43,15 @@ def model_name(config: TrainConfig) -> str:
     if config.shortcut and name.startswith("resnet"):
         name = name.rstrip("b") + ("b" if config.shortcut == "B" else "")
     return name
+
+
+def early_side(config: TrainConfig, side: int) -> int:
+    """The image side of progressive resizing's early steps for images of ``side`` pixels:
+    ``early_scale`` of it, at least what the model takes; 0 when there is no smaller size."""
+    if not config.early_scale:
+        return 0
+    small = max(min_input_size(model_name(config)), round(config.early_scale * side))
+    return small if small < side else 0
 
 
 def build_trainer(
@@ -92,6 +103,8 @@ def build_trainer(
             train_model, device_ids=[dev.index] if dev.type == "cuda" else None
         )
     trainer = Trainer(loader, model, optimizer, Stepper(train_model, optimizer, runtime))
+    trainer.early_size = early_side(config, int(splits.train.images.shape[1]))
+    trainer.early_fraction = config.early_fraction
     trainer.stepper.label_smoothing = config.label_smoothing
     if config.lookahead:
         trainer.lookahead = Lookahead(model, config.lookahead)
@@ -120,6 +133,8 @@ def train_step(
 ) -> None:
     """Optimizer step number ``step`` (0-based) of ``total_steps`` at learning rate ``lr``."""
     set_lr(trainer.optimizer, lr, step, total_steps)
+    if trainer.early_size and step < early_steps(trainer.early_fraction, total_steps):
+        x = downscale(x, trainer.early_size)
     trainer.stepper.step(x, y)
     if trainer.ema is not None:
         update_ema(trainer.ema, trainer.model)

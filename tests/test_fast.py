@@ -1,6 +1,7 @@
 """The fast preset's parts: schedule, augmentation, lookahead, parameter groups, TTA, presets,
 and an exact resume with all of them on."""
 
+import csv
 import json
 import math
 import shutil
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import one_line_error
 from PIL import Image
 
 from cifar_resnet.checkpoint import checkpoint_files
@@ -232,17 +234,35 @@ def test_fast_preset_resumes_bitwise_mid_lookahead(data16, tmp_path, cache_dir):
 
 
 def test_solve_steps_counts_evaluations_and_saves():
-    from cifar_resnet.budget import solve_steps
+    from cifar_resnet.budget import BudgetPlan, solve_steps
 
     # 100 s, 1 s/step, 10 steps/epoch, a 5 s evaluation every epoch: 65 steps (7 epochs, 7
     # evaluations) take exactly 100 s; one more step would not fit.
-    steps = solve_steps(100.0, 1.0, 5.0, 0.0, 10, 1)
+    steps = solve_steps(100.0, BudgetPlan(0, 1.0, 5.0, 0.0), 10, 1)
     assert steps == 65
     epochs = -(-steps // 10)
     assert steps + 5.0 * epochs <= 100.0 < (steps + 1) + 5.0 * (-(-(steps + 1) // 10))
-    assert solve_steps(100.0, 1.0, 5.0, 0.0, 10, 0) == 95  # one evaluation at the end
+    assert solve_steps(100.0, BudgetPlan(0, 1.0, 5.0, 0.0), 10, 0) == 95  # one evaluation
     # After epoch 3, evaluating every 2nd: 50 steps are epochs 4-8, evaluated after 4, 6, 8.
-    assert solve_steps(53.0, 1.0, 1.0, 0.0, 10, 2, done_epochs=3) == 50
+    assert solve_steps(53.0, BudgetPlan(0, 1.0, 1.0, 0.0), 10, 2, done_epochs=3) == 50
+
+
+def test_budget_counts_the_cheaper_early_steps():
+    from cifar_resnet.budget import BudgetPlan, solve_steps
+
+    """Progressive resizing: the first 40% of the steps cost 0.5 s, the rest 1 s. 100 steps
+    cost 40 x 0.5 + 60 x 1 = 80 s; the plan is the most steps within the time."""
+    plan = BudgetPlan(0, 1.0, 0.0, 0.0, early_step_s=0.5, early_fraction=0.4)
+    assert plan.seconds(0, 100, 100) == 80.0
+    assert plan.seconds(30, 50, 100) == 10 * 0.5 + 10 * 1.0  # early ends at step 40
+    n = solve_steps(80.0, plan, 1000, 0)
+    assert n == 100 and plan.seconds(0, n + 1, n + 1) > 80.0
+    # From global step 10: 34 more steps make a 44-step run, early up to step 18, so steps
+    # 10..43 cost 8 x 0.5 + 26 x 1 = 30 s; a 35th would make it 45 steps and 31 s.
+    assert plan.steps_within(30.0, 10) == 34
+    # A run re-measured 2x slower over early steps is 2x slower at both sizes.
+    plan.rescale(0, 10, 100, 10.0)
+    assert (plan.early_step_s, plan.step_s) == (1.0, 2.0)
 
 
 def test_a_wrong_plan_is_corrected_by_the_runs_own_speed(
@@ -276,3 +296,78 @@ def test_a_wrong_plan_is_corrected_by_the_runs_own_speed(
     assert any("re-planned" in m for m in logs)
     assert summary["steps"] == summary["planned_steps"] > planned
     assert f"steps = {summary['steps']}" in (tmp_path / "run" / "config.toml").read_text()
+
+
+def test_early_scale_trains_the_first_steps_smaller(tiny_folder, tmp_path, monkeypatch):
+    """Progressive resizing: the first round(0.3 x 10) steps see 4x4 images (scale 0.5 of
+    8x8), the rest 8x8, and the evaluation full size; a time budget times both sizes and
+    plans over them."""
+    from cifar_resnet import evaluate
+    from cifar_resnet.data import load_data
+    from cifar_resnet.train import fit
+
+    sides, evaluated = [], []
+    step, logits = Stepper.step, evaluate.tta_logits
+
+    def recording_step(self, x, y):
+        sides.append(tuple(x.shape[2:]))
+        return step(self, x, y)
+
+    def recording_logits(model, x, tta=0):
+        evaluated.append(tuple(x.shape[2:]))
+        return logits(model, x, tta)
+
+    monkeypatch.setattr(Stepper, "step", recording_step)
+    monkeypatch.setattr(evaluate, "tta_logits", recording_logits)
+    bundle = load_data(str(tiny_folder), progress=False)
+    config = TrainConfig(steps=10, batch_size=8, early_scale=0.5, early_fraction=0.3)
+    fit(config, bundle, tmp_path / "run", device="cpu", quiet=True)
+    assert sides == [(4, 4)] * 3 + [(8, 8)] * 7
+    assert evaluated and set(evaluated) == {(8, 8)}
+
+    logs = []
+    budget = TrainConfig(time_budget=8.0, batch_size=8, early_scale=0.5, schedule="onecycle")
+    summary = fit(budget, bundle, tmp_path / "budget", device="cpu", log=logs.append)
+    assert any("ms/step" in m and "ms at 4x4 (early steps)" in m for m in logs), logs
+    assert summary["steps"] == summary["planned_steps"]
+    ran = [s for s in sides[10:] if s]  # the probe's steps at each size, then the run's
+    assert (4, 4) in ran and (8, 8) in ran
+
+
+def test_early_side_is_a_share_of_the_images_the_model_can_take():
+    from cifar_resnet.trainer import early_side
+
+    fast = TrainConfig(model="fastnet-s", early_scale=0.75)
+    assert early_side(fast, 32) == 24
+    assert early_side(TrainConfig(model="fastnet-s", early_scale=0.1), 32) == 9  # its least
+    assert early_side(TrainConfig(model="fastnet-s", early_scale=0.95), 10) == 0  # none smaller
+    assert early_side(TrainConfig(model="fastnet-s"), 32) == 0  # off
+
+
+def test_early_scale_out_of_range_is_a_one_line_error(tiny_folder, tmp_path):
+    cmd = [sys.executable, "-m", "cifar_resnet", "train", "--data", str(tiny_folder)]
+    cmd += ["--out", str(tmp_path / "r"), "--steps", "1", "--early-scale", "1.5"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert "early_scale is a share of the image side in [0, 1)" in one_line_error(r, 2)
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_replan_check_on_the_last_step_still_ends_with_the_evaluation(
+    tiny_folder, tmp_path, monkeypatch
+):
+    """A time-budget run that checks its plan after every step (and keeps it) ends on the
+    planned step with the final evaluation done, its summary complete."""
+    from cifar_resnet import loop, train
+    from cifar_resnet.data import load_data
+
+    monkeypatch.setattr(loop, "_replan_due", lambda run: True)
+    monkeypatch.setattr(loop, "replan_steps", lambda *args, **kwargs: None)
+    config = TrainConfig(
+        time_budget=6.0, batch_size=8, schedule="onecycle", epochs=1000, eval_every=0
+    )
+    bundle = load_data(str(tiny_folder), progress=False)
+    summary = train.fit(config, bundle, tmp_path / "run", device="cpu", quiet=True)
+    assert summary["steps"] == summary["planned_steps"]
+    assert summary["test_accuracy"] is not None  # evaluated at the end (only then)
+    last = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))[-1]
+    assert int(last["step"]) == summary["steps"] and last["test_acc"]

@@ -163,3 +163,16 @@ def test_a_closed_pipe_is_not_a_traceback():
     p.stdout.close()  # before the command writes its first line
     _, err = p.communicate(timeout=120)
     assert p.returncode == 141 and b"Traceback" not in err, err
+
+
+def test_speed_counts_only_the_images_since_the_epoch_went_on(monkeypatch):
+    """An epoch resumed (or paused for a re-plan) at 400 images: 80 more in 2 s is 40 img/s."""
+    from cifar_resnet import progress as progress_module
+
+    clock = iter([100.0, 100.0, 102.0])
+    monkeypatch.setattr(progress_module.time, "perf_counter", lambda: next(clock))
+    progress = Progress(total_steps=20, steps_per_epoch=10, first_step=5, tty=False,
+                        log=None, log_every=6)  # fmt: skip
+    progress.start_epoch(0, 5, images=400)
+    progress.step(6, 6, 0.05, lambda: (1.0, 50.0, 480))
+    assert progress.rows[0]["images_per_s"] == 40.0

@@ -168,6 +168,7 @@ def main() -> None:
         ("a device name that is not one", ["--device", "cuda:abc"]),
         ("an image size too small for the model", ["--preset", "fast", "--image-size", "1"]),
         ("an image size too large", ["--image-size", "20000"]),
+        ("an early scale that is not a share of the image", ["--early-scale", "1.5"]),
     ):
         case(what, "train", "--data", good, "--out", tmp / "r", *quick, *extra)
     image = next((good / "test").rglob("*.png"))

@@ -75,6 +75,10 @@ FIELD_HELP = {
     "limit_test": "evaluate on a stratified subset of this many test images",
     "image_size": "resize images to N x N (shorter side to N, centre crop); needed when "
     "a folder's images differ in size",
+    "early_scale": "progressive resizing: train the first --early-fraction of the steps on "
+    "images downscaled by this factor, e.g. 0.75 (32 -> 24 pixels): cheaper steps, more of "
+    "them in a time budget; the rest of training and evaluation at full size",
+    "early_fraction": "with --early-scale: the share of the steps trained at the smaller size",
     "eval_batch_size": "images per evaluation batch; lower it if memory is short",
     "keep": "how many checkpoints to keep in RUN/checkpoints",
     "save_every_steps": "also checkpoint every N steps inside an epoch (long epochs, preemption)",
