@@ -77,6 +77,7 @@ def train_one_epoch(
                 stop.signum = stop.signum or signal.SIGTERM
                 outcome = "stopped"
                 break
+            # A pause is for re-planning the steps to come: none at the run's last step.
             if on_step is not None and on_step() and state.step < total_steps:
                 outcome = "paused"
                 break
@@ -160,8 +161,7 @@ def train_epochs(run: Run, tty: bool) -> None:
                 _interrupted(run, stop.signum)
             if outcome == "paused":
                 _replan(run, mid_epoch=True)
-                if state.step < run.total_steps:
-                    continue
+                continue
             try:
                 reached = _end_epoch(run, wall)
             except _EvaluationStopped:  # the epoch is trained: saved before its evaluation

@@ -30,7 +30,7 @@ from .run import Run, RunState, make_run_checkpoint
 from .rundir import RunDir
 from .runtime import resolve_device, resolve_runtime, seed_everything
 from .step import Stepper
-from .trainer import build_trainer, iter_steps, model_name
+from .trainer import Trainer, build_trainer, iter_steps, model_name
 from .weights import init_weights
 
 __all__ = ["fit", "weights_digest", "check_resume"]
@@ -322,7 +322,7 @@ def _probe(run: Run) -> tuple[float, float, float]:
     return step_s, early_s, eval_s
 
 
-def _time_steps(probe, config: TrainConfig) -> float:
+def _time_steps(probe: Trainer, config: TrainConfig) -> float:
     """Seconds per step of ``probe``, after its warm-up steps."""
     cuda = probe.loader.device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)

@@ -330,7 +330,7 @@ def test_early_scale_trains_the_first_steps_smaller(tiny_folder, tmp_path, monke
     summary = fit(budget, bundle, tmp_path / "budget", device="cpu", log=logs.append)
     assert any("ms/step" in m and "ms at 4x4 (early steps)" in m for m in logs), logs
     assert summary["steps"] == summary["planned_steps"]
-    ran = [s for s in sides[10:] if s]  # the probe's steps at each size, then the run's
+    ran = sides[10:]  # the probe's steps at each size, then the run's
     assert (4, 4) in ran and (8, 8) in ran
 
 

@@ -117,22 +117,22 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message}; see `{self.prog} --help`\n")
 
 
-def _list_of_ints(text: str) -> list[int]:
-    try:
-        return [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
+def _comma_separated(kind: type, what: str):
+    """An argparse type: comma-separated values of ``kind`` (``what`` names them in errors)."""
+
+    def parse(text: str) -> list:
+        try:
+            return [kind(t) for t in text.split(",") if t.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated {what}, got {text!r}"
+            ) from None
+
+    return parse
 
 
-def _list_of_floats(text: str) -> list[float]:
-    try:
-        return [float(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers such as 0.5,0.5,0.5, got {text!r}"
-        ) from None
+_list_of_ints = _comma_separated(int, "integers")
+_list_of_floats = _comma_separated(float, "numbers such as 0.5,0.5,0.5")
 
 
 def parse_duration(text: str) -> float:
