@@ -5,7 +5,7 @@
     python bench/_ours_steps.py eval    --data DIR [--device cpu] ...
     python bench/_ours_steps.py machine [--device cpu] [--matmul-size 1024]
 
-``train`` runs cifar-resnet's own training steps (``cifar_resnet.trainer.iter_steps`` over the
+``train`` runs cifar-resnet's own training steps (``cifar_resnet.loop.train_steps`` over the
 trainer that ``cifar_resnet.trainer.build_trainer`` makes for ``fit``: its loader, model,
 optimizer and step, a CUDA graph on a GPU; seed preset, batch 128) for ``--warmup`` untimed
 steps, then ``--steps`` timed steps, and prints ``images/s: X`` last, as the reference
@@ -31,14 +31,18 @@ from cifar_resnet.config import TrainConfig, preset_config
 from cifar_resnet.data import ArraySplit, DataBundle, load_data, splits_for
 from cifar_resnet.evaluate import evaluate
 from cifar_resnet.loader import eval_loader
+from cifar_resnet.loop import train_steps
 from cifar_resnet.models import create_model
+from cifar_resnet.optim import Schedule
+from cifar_resnet.run import RunState
 from cifar_resnet.runtime import (
     resolve_device,
     resolve_precision,
     resolve_runtime,
     seed_everything,
 )
-from cifar_resnet.trainer import Trainer, build_trainer, iter_steps, train_step
+from cifar_resnet.step import Trainer, train_step
+from cifar_resnet.trainer import build_trainer
 
 BATCH = 128
 
@@ -91,7 +95,8 @@ def cmd_train(args) -> None:
     total = args.warmup + args.steps
     start = mark = time.perf_counter()
     warm_s = 0.0
-    for done in iter_steps(trainer, config, total):  # fit's steps, epoch after epoch
+    state = RunState()
+    for done in train_steps(trainer, state):  # fit's steps, epoch after epoch
         if done == args.warmup:
             sync(dev)
             mark = time.perf_counter()
@@ -109,7 +114,7 @@ def cmd_train(args) -> None:
             "precision": str(runtime.amp_dtype or "fp32"),
             "channels_last": runtime.channels_last,
             "compile": runtime.compile,
-            "cuda_graph": trainer.stepper.cuda_graph,
+            "cuda_graph": trainer.graph.enabled,
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
             "warmup_steps": args.warmup,
@@ -120,10 +125,16 @@ def cmd_train(args) -> None:
             "cold_images_per_s": cold_ips,
             "load_s": load_s,
             "train_images": len(splits.train),
-            "train_loss": float(trainer.stepper.loss_sum) / (total * BATCH),
+            "train_loss": train_loss_sum(trainer, state) / (total * BATCH),
         }
     )
     print(f"images/s: {ips:.1f}", flush=True)
+
+
+def train_loss_sum(trainer: Trainer, state: RunState) -> float:
+    """The loss summed over every image trained: the finished epochs' and this one's."""
+    done = sum(row["train_loss"] * row["images"] for row in state.metrics)
+    return done + float(trainer.counters.loss_sum)
 
 
 # ----------------------------------------------------------------------------- ceiling
@@ -141,16 +152,18 @@ def synthetic_bundle(n: int, classes: int = 10) -> DataBundle:
 def time_steps(trainer: Trainer, x, y, dev, warmup: int, steps: int, repeats: int) -> dict:
     """``train_step`` on one fixed batch: warm-up, then ``repeats`` timings of ``steps``."""
     total = warmup + steps * repeats
+    constant = dataclasses.replace(trainer.schedule.recipe, schedule="constant", lr=0.1)
+    trainer.schedule = Schedule.of(constant, 1, total)
     t0 = time.perf_counter()
     for i in range(warmup):
-        train_step(trainer, x, y, 0.1, i, total)
+        train_step(trainer, x, y, i)
     sync(dev)
     warm_s = time.perf_counter() - t0
     rates = []
     for r in range(repeats):
         start = time.perf_counter()
         for i in range(steps):
-            train_step(trainer, x, y, 0.1, warmup + r * steps + i, total)
+            train_step(trainer, x, y, warmup + r * steps + i)
         sync(dev)
         rates.append(steps * x.shape[0] / (time.perf_counter() - start))
     return {
@@ -189,7 +202,7 @@ def cmd_ceiling(args) -> None:
         steps = args.bf16_steps if slow else args.steps
         warmup = 1 if slow else args.warmup
         r = time_steps(trainer, x, y, dev, warmup, steps, args.repeats)
-        graph = trainer.stepper.graph is not None
+        graph = trainer.graph.graph is not None
         r.update(precision=prec, layout=layout, compile=comp, emulated_bf16=slow, cuda_graph=graph)
         rows.append(r)
         print(

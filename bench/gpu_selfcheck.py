@@ -2,7 +2,7 @@
 
 Trains the seed net for 40 steps from one initialisation twice, eager and graph-captured
 (fp32, fixed batches), and prints the largest weight difference and both loss sums. Both runs
-are the package's own step (``cifar_resnet.step.Stepper``, lr set by ``optim.set_lr``) under
+are the package's own step (``cifar_resnet.step.train_step``, on a multistep schedule) under
 the Runtime ``runtime.resolve_runtime`` makes for the fp32 seed recipe; the eager run turns
 its CUDA graph off.
 
@@ -16,21 +16,27 @@ import torch
 
 from cifar_resnet.config import TrainConfig
 from cifar_resnet.models import create_model
-from cifar_resnet.optim import make_optimizer, set_lr
+from cifar_resnet.optim import Schedule, make_optimizer
 from cifar_resnet.runtime import resolve_device, resolve_runtime
-from cifar_resnet.step import Stepper
+from cifar_resnet.step import Trainer, train_step
 
 
 def run(graph: bool, device: str = "cuda", steps: int = 40):
     """The trained model, its loss sum and whether the graph was used."""
-    config = dataclasses.replace(TrainConfig(), precision="fp32", channels_last="on", compile="off")
+    config = TrainConfig(
+        steps=steps,
+        schedule="multistep",
+        lr_milestones=[steps // 2],  # lr 0.1, then 0.01
+        precision="fp32",
+        channels_last="on",
+        compile="off",
+    )
     runtime = resolve_runtime(config, resolve_device(device), distributed=False)
     runtime = dataclasses.replace(runtime, cuda_graph=runtime.cuda_graph and graph)
     dev = runtime.device
     torch.manual_seed(0)
     model = create_model("seed").to(dev).to(memory_format=torch.channels_last)
-    opt = make_optimizer(model, config, dev)
-    stepper = Stepper(model, opt, runtime)
+    trainer = Trainer(model, make_optimizer(model, config, dev), runtime, Schedule.of(config, 1))
     g = torch.Generator(device="cpu").manual_seed(1)
     for i in range(steps):
         x = (
@@ -39,11 +45,10 @@ def run(graph: bool, device: str = "cuda", steps: int = 40):
             .contiguous(memory_format=torch.channels_last)
         )
         y = torch.randint(0, 10, (128,), generator=g).to(dev)
-        set_lr(opt, 0.1 if i < steps // 2 else 0.01, i, steps)
-        stepper.step(x, y)
+        train_step(trainer, x, y, i)
     if dev.type == "cuda":
         torch.cuda.synchronize()
-    return model, float(stepper.loss_sum), stepper.graph is not None
+    return model, float(trainer.counters.loss_sum), trainer.graph.graph is not None
 
 
 def main() -> None:

@@ -3,8 +3,8 @@ kernels an eager step spends its time in. Prints ms/step and images/s per varian
 
     python bench/gpu_variants.py [--steps 400] [--warmup 20]
 
-Each variant is the package's own step (``cifar_resnet.step.Stepper``, the lr set before
-each step with ``optim.set_lr``) under the Runtime that ``runtime.resolve_runtime`` makes
+Each variant is the package's own step (``cifar_resnet.step.train_step`` at a constant lr)
+under the Runtime that ``runtime.resolve_runtime`` makes
 from the seed recipe with that precision, layout and compile switch; the eager variants
 turn the resolved Runtime's CUDA graph off. ``--device cpu`` runs only what a CPU can (the
 eager variant and the profile), to check the script without a GPU.
@@ -18,9 +18,9 @@ import torch
 
 from cifar_resnet.config import TrainConfig
 from cifar_resnet.models import create_model
-from cifar_resnet.optim import make_optimizer, set_lr
+from cifar_resnet.optim import Schedule, make_optimizer
 from cifar_resnet.runtime import resolve_device, resolve_runtime
-from cifar_resnet.step import Stepper
+from cifar_resnet.step import Trainer, train_step
 
 # (bf16, channels_last, compile, CUDA graph)
 VARIANTS = [
@@ -32,9 +32,9 @@ VARIANTS = [
 ]
 
 
-def stepper(dev: torch.device, bf16: bool, cl: bool, comp: bool, graph: bool) -> Stepper:
+def stepper(dev: torch.device, bf16: bool, cl: bool, comp: bool, graph: bool) -> Trainer:
     config = dataclasses.replace(
-        TrainConfig(),
+        TrainConfig(schedule="constant", steps=1),
         precision="bf16" if bf16 else "fp32",
         channels_last="on" if cl else "off",
         compile="on" if comp else "off",
@@ -45,12 +45,11 @@ def stepper(dev: torch.device, bf16: bool, cl: bool, comp: bool, graph: bool) ->
     model = create_model("seed").to(dev)
     if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    return Stepper(model, make_optimizer(model, config, dev), runtime)
+    return Trainer(model, make_optimizer(model, config, dev), runtime, Schedule.of(config, 1))
 
 
-def step(s: Stepper, x: torch.Tensor, y: torch.Tensor) -> None:
-    set_lr(s.optimizer, 0.1, 0, 1)
-    s.step(x, y)
+def step(s: Trainer, x: torch.Tensor, y: torch.Tensor) -> None:
+    train_step(s, x, y, 0)
 
 
 def sync(dev: torch.device) -> None:

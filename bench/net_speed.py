@@ -1,5 +1,5 @@
 """Training images/s of the registry's nets on this machine: a fixed in-memory batch, fp32,
-channels_last, fused SGD through the package's own Stepper, no loader. It is what chose the
+channels_last, fused SGD through the package's own train_step, no loader. It is what chose the
 fast preset's CPU net.
 
     .venv/bin/python bench/net_speed.py --batch-size 256 --steps 4
@@ -18,9 +18,9 @@ import torch  # noqa: E402
 
 from cifar_resnet.config import preset_config  # noqa: E402
 from cifar_resnet.models import FastNet, count_parameters, create_model  # noqa: E402
-from cifar_resnet.optim import make_optimizer, set_lr  # noqa: E402
+from cifar_resnet.optim import Schedule, make_optimizer  # noqa: E402
 from cifar_resnet.runtime import resolve_device, resolve_runtime  # noqa: E402
-from cifar_resnet.step import Stepper  # noqa: E402
+from cifar_resnet.step import Trainer, train_step  # noqa: E402
 
 
 def main():
@@ -41,16 +41,15 @@ def main():
     dev = runtime.device
     for name, model in nets.items():
         model = model.to(memory_format=torch.channels_last).train()
-        stepper = Stepper(model, make_optimizer(model, config, dev), runtime)
+        schedule = Schedule.of(dataclasses.replace(config, lr=1e-3, schedule="constant"), 1, 1000)
+        trainer = Trainer(model, make_optimizer(model, config, dev), runtime, schedule)
         x = torch.randn(args.batch_size, 3, 32, 32).to(memory_format=torch.channels_last)
         y = torch.randint(0, 10, (args.batch_size,))
         for i in range(2):  # untimed; the lr is set before each step, as training sets it
-            set_lr(stepper.optimizer, 1e-3, i, 1000)
-            stepper.step(x, y)
+            train_step(trainer, x, y, i)
         t0 = time.perf_counter()
         for i in range(2, 2 + args.steps):
-            set_lr(stepper.optimizer, 1e-3, i, 1000)
-            stepper.step(x, y)
+            train_step(trainer, x, y, i)
         rate = args.steps * args.batch_size / (time.perf_counter() - t0)
         print(f"{name:28s} {count_parameters(model):>10,d} params  {rate:7.1f} images/s")
 

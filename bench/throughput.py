@@ -247,7 +247,7 @@ def print_ab_plan(args: argparse.Namespace) -> None:
         "(workers 0 = in the training process)"
     )
     print(
-        f"  ours:      bench/_ours_steps.py train: cifar_resnet.trainer.iter_steps, "
+        f"  ours:      bench/_ours_steps.py train: cifar_resnet.loop.train_steps, "
         f"{args.warmup} untimed warm-up steps,"
     )
     print(
@@ -379,7 +379,7 @@ def stage_ceiling(b: Bench) -> None:
     print("-" * 78)
     print(
         f"step-only ceiling: fixed in-memory batch of 128, no loader; "
-        f"cifar_resnet.trainer.train_step (lr, then Stepper.step: forward, fp32 loss, "
+        f"cifar_resnet.step.train_step (lr, forward, fp32 loss, "
         f"backward, SGD); median of 3 timings of {args.ceiling_steps} steps"
     )
     flags = [*b.common, "--steps", str(args.ceiling_steps), "--bf16-steps", str(args.bf16_steps)]

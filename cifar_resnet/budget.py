@@ -1,9 +1,9 @@
 """Time-budget planning: pure functions over measured times (no clock, no model in here).
 
 ``--time-budget`` fixes how many steps fit in the budget from the measured seconds per step,
-per evaluation and per checkpoint save (:func:`plan_steps`), lays the recipe's schedule over
-those steps (:func:`budget_schedule`), and re-plans from the run's own speed as it goes
-(:func:`replan_steps`): the loop measures, this module decides.
+per evaluation and per checkpoint save (:func:`plan_steps`) and re-plans from the run's own
+speed as it goes (:func:`replan_steps`): the loop measures, this module decides; the run lays
+its schedule over the planned steps (``optim.Schedule.laid_over``).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from .config import TrainConfig, early_steps
+from .config import early_steps
 from .errors import UsageError
 
 MARGIN = 0.02  # the plan aims at 98% of the budget
@@ -129,17 +129,3 @@ def replan_steps(
     if abs(replanned - total_steps) > REPLAN_TOLERANCE * (total_steps - step) + 1:
         return replanned
     return None
-
-
-def budget_schedule(config: TrainConfig, planned: int, steps_per_epoch: int) -> TrainConfig:
-    """Lay a schedule written for ``config``'s length over ``planned`` steps: StepLR periods
-    and multistep milestones shrink in proportion, so the decays all happen."""
-    full = config.steps or config.epochs * steps_per_epoch
-    ratio = planned / full
-    return dataclasses.replace(
-        config,
-        steps=planned,
-        lr_step=max(1, round(config.lr_step * ratio)),
-        lr_milestones=[max(1, round(m * ratio)) for m in config.lr_milestones],
-        warmup_steps=round(config.warmup_steps * ratio),
-    )

@@ -1,5 +1,6 @@
-"""The training loop: ``train_one_epoch``, and ``train_epochs`` that runs a set-up run's epochs:
-evaluation, re-planning a time budget, metrics, checkpoints.
+"""The training loop: :func:`train_one_epoch`, the one loop over steps (a generator: its caller
+decides after each step whether to stop, save or re-plan), and :func:`train_epochs`, a run's
+epoch loop: train -> evaluate -> re-plan -> record -> save.
 
 One code path for CPU and GPU, fp32 and bf16, eager and compiled: switches, not branches.
 No host synchronisation per step on a GPU: losses and counts are summed on the device and read
@@ -10,22 +11,19 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 
 from . import distributed
-from .budget import budget_schedule, replan_steps
-from .config import TrainConfig
+from .budget import replan_steps
 from .errors import DivergedError, Interrupted
 from .evaluate import evaluate
 from .loader import DeviceLoader
-from .optim import lr_at
 from .progress import Progress
 from .run import Run, RunState, Stop, save_run
-from .step import Stepper
-from .trainer import Trainer, train_step
+from .step import Trainer, train_step
 
 RESUME_COMMAND = "cifar-resnet train --resume"
 REPLAN_SHARE = 0.02  # with a time budget, check the plan every 2% of it ...
@@ -33,98 +31,152 @@ REPLAN_MIN_SECONDS = 1.0  # ... but not more often than every second
 GPU_SYNC_EVERY = 100  # steps between divergence checks on a GPU (each one waits for it)
 
 
-def train_one_epoch(
-    trainer: Trainer,
-    state: RunState,
-    config: TrainConfig,
-    total_steps: int,
-    stop: Stop,
-    on_step: Callable[[], bool] | None = None,
-    progress: Progress | None = None,
-) -> str:
-    """Train from ``state.epoch_step`` to the end of the epoch (or ``total_steps``).
-
-    Returns "done", "stopped" (a signal) or "paused" (``on_step()`` asked for a pause, e.g.
-    to re-plan a time budget; the epoch continues with the next call). Raises DivergedError
-    on a non-finite loss.
-    """
-    loader, stepper = trainer.loader, trainer.stepper
-    steps_per_epoch = len(loader)
+def train_one_epoch(t: Trainer, state: RunState, progress: Progress | None = None) -> Iterator[int]:
+    """Train from ``state.epoch_step`` to the end of the epoch (or of ``t.schedule``), yielding
+    the global step count after each step, ``state`` updated. The caller decides what follows
+    a step (stop, save, re-plan: ``t.schedule`` may change between steps) and calls
+    :func:`settle` when the loop ends or before it saves. Raises DivergedError on a non-finite
+    loss; ``state.epoch_seconds`` counts the time spent in here and in the caller's loop."""
+    loader = t.loader
     # Reading a device value waits for the GPU; on a CPU it costs nothing.
     sync_every = 1 if loader.device.type == "cpu" else GPU_SYNC_EVERY
     loss_sum, correct, seen = state.epoch_sums
-    stepper.set_counters(loss_sum, int(correct), state.step)
+    t.counters.set(loss_sum, int(correct), state.step)
     if progress is not None:
         progress.start_epoch(state.epoch, state.epoch_step, int(seen))
-    start, outcome = time.perf_counter(), "done"
+    mark = time.perf_counter()
     try:
         for x, y in loader.batches(state.epoch_step):
-            if state.step >= total_steps:
+            if state.step >= t.schedule.total_steps:
                 break
-            lr = lr_at(config, state.step, steps_per_epoch, total_steps)
-            train_step(trainer, x, y, lr, state.step, total_steps)
-            seen += y.shape[0]
+            train_step(t, x, y, state.step)
             state.step += 1
             state.epoch_step += 1
-            if state.epoch_step % sync_every == 0 or state.epoch_step == steps_per_epoch:
-                _check_finite(stepper, config, steps_per_epoch, total_steps)
+            state.epoch_sums[2] += y.shape[0]
+            if state.epoch_step % sync_every == 0 or state.epoch_step == len(loader):
+                check_finite(t)
             if progress is not None:
-                progress.step(state.step, state.epoch_step, lr, lambda n=seen: _running(stepper, n))
-            stopping = _stopping(stop, state.epoch_step, sync_every, loader.device)
-            if on_step is not None or stopping:
-                state.epoch_sums = [float(stepper.loss_sum), float(stepper.correct), seen]
-            if stopping:
-                stop.signum = stop.signum or signal.SIGTERM
-                outcome = "stopped"
-                break
-            # A pause is for re-planning the steps to come: none at the run's last step.
-            if on_step is not None and on_step() and state.step < total_steps:
-                outcome = "paused"
-                break
+                lr = t.schedule.lr(state.step - 1)
+                progress.step(state.step, state.epoch_step, lr, lambda: _running(t, state))
+            now = time.perf_counter()
+            state.epoch_seconds, mark = state.epoch_seconds + now - mark, now
+            yield state.step
+        state.epoch_seconds += time.perf_counter() - mark
     finally:
         if progress is not None:
             progress.close()
-    _check_finite(stepper, config, steps_per_epoch, total_steps)
-    state.epoch_sums = [float(stepper.loss_sum), float(stepper.correct), seen]
-    state.epoch_seconds += time.perf_counter() - start
-    return outcome
 
 
-def _running(stepper: Stepper, seen: float) -> tuple[float, float, int]:
+def settle(t: Trainer, state: RunState) -> None:
+    """The steps trained so far, checked for a non-finite loss (DivergedError) and their
+    device sums read into ``state.epoch_sums`` (what a checkpoint and the epoch row hold)."""
+    check_finite(t)
+    state.epoch_sums[:2] = [float(t.counters.loss_sum), float(t.counters.correct)]
+
+
+def train_steps(t: Trainer, state: RunState | None = None) -> Iterator[int]:
+    """:func:`train_one_epoch` epoch after epoch to the schedule's last step, without
+    evaluations or files, yielding the global step count after each step: the time-budget
+    probe and the benchmarks. Each epoch's figures are appended to ``state.metrics``."""
+    state = state if state is not None else RunState()
+    t.model.train()
+    while state.step < t.schedule.total_steps:
+        t.loader.set_epoch(state.epoch)
+        yield from train_one_epoch(t, state)
+        settle(t, state)
+        loss_sum, correct, seen = state.epoch_sums
+        state.metrics.append(
+            {
+                "epoch": state.epoch + 1,
+                "step": state.step,
+                "images": seen,
+                "train_loss": loss_sum / max(seen, 1),
+            }
+        )
+        state.epoch += 1
+        state.epoch_step, state.epoch_sums, state.epoch_seconds = 0, [0.0, 0.0, 0.0], 0.0
+
+
+def _running(t: Trainer, state: RunState) -> tuple[float, float, int]:
     """The epoch's running loss, accuracy (%) and images so far (reads the device)."""
-    seen = max(seen, 1)
-    return float(stepper.loss_sum) / seen, 100.0 * float(stepper.correct) / seen, int(seen)
+    seen = max(state.epoch_sums[2], 1)
+    c = t.counters
+    return float(c.loss_sum) / seen, 100.0 * float(c.correct) / seen, int(seen)
 
 
-def _stopping(stop: Stop, epoch_step: int, sync_every: int, device: torch.device) -> bool:
+def check_finite(t: Trainer) -> None:
+    """DivergedError naming the first step whose loss was not finite, if there was one."""
+    bad = int(t.counters.first_bad)
+    if distributed.is_enabled():  # every rank raises together, naming the same step
+        flags = distributed.all_sum(
+            [float(bad >= 0), float(bad if bad >= 0 else 0)], t.runtime.device
+        )
+        bad = int(flags[1] / flags[0]) if flags[0] else -1
+    if bad >= 0:
+        per_epoch = t.schedule.steps_per_epoch
+        epoch, step = bad // per_epoch + 1, bad % per_epoch + 1
+        raise DivergedError(
+            f"the loss became non-finite at epoch {epoch}, step {step} (global step {bad + 1}, "
+            f"lr {t.schedule.lr(bad):g}); lower --lr or check the data; the last good "
+            "checkpoint is kept"
+        )
+
+
+def _stopping(stop: Stop, epoch_step: int, device: torch.device) -> bool:
     """Whether to stop after this step; every rank of a distributed run decides together."""
     if not distributed.is_enabled():
         return stop.signum is not None
-    if epoch_step % sync_every:
+    if epoch_step % (1 if device.type == "cpu" else GPU_SYNC_EVERY):
         return False
     return distributed.any_rank(stop.signum is not None, device)
 
 
-def _check_finite(stepper, config, steps_per_epoch, total_steps) -> None:
-    bad = int(stepper.first_bad)
-    if distributed.is_enabled():  # every rank raises together, naming the same step
-        flags = distributed.all_sum(
-            [float(bad >= 0), float(bad if bad >= 0 else 0)], stepper.device
-        )
-        bad = int(flags[1] / flags[0]) if flags[0] else -1
-    if bad >= 0:
-        epoch, step = bad // steps_per_epoch + 1, bad % steps_per_epoch + 1
-        raise DivergedError(
-            f"the loss became non-finite at epoch {epoch}, step {step} (global step {bad + 1}, "
-            f"lr {lr_at(config, bad, steps_per_epoch, total_steps):g}); lower --lr or check "
-            "the data; the last good checkpoint is kept"
-        )
-
-
 def train_epochs(run: Run, tty: bool) -> None:
-    """Train ``run`` from its state to its last step (or its target accuracy); a signal saves
-    and raises Interrupted. ``tty``: progress bars, else progress lines in the log."""
-    state = run.state
+    """Train ``run`` from its state to its last step (or its target accuracy), an epoch at a
+    time; a signal saves and raises Interrupted. ``tty``: progress bars, else log lines."""
+    state, t = run.state, run.trainer
+    _log_start(run)
+    progress = _progress(run, tty)
+    t.model.train()
+    with Stop() as stop:
+        run.stop = stop
+        while state.step < run.total_steps:
+            wall, stopped = time.perf_counter(), False
+            for _ in train_one_epoch(t, state, progress):
+                stopped = _stopping(stop, state.epoch_step, t.runtime.device)
+                if stopped:
+                    break
+                if _save_due(run):
+                    settle(t, state)
+                    save_run(run)
+                if _replan_due(run):
+                    _replan(run, mid_epoch=True)
+            settle(t, state)
+            if stopped:
+                stop.signum = stop.signum or signal.SIGTERM
+                _save_and_stop(run, wall)
+            epoch_steps, row = state.epoch_step, _train_row(run)
+            if not _evaluate_epoch(run, row):  # a signal during the evaluation: save, stop
+                _save_and_stop(run, wall)
+            state.wall_seconds += time.perf_counter() - wall
+            if _replan_at_epoch_end(run):
+                _replan(run, epoch_steps)
+            reached = _target_reached(run, row)
+            row["wall_seconds"] = state.wall_seconds
+            state.metrics.append(row)
+            state.epoch += 1
+            state.epoch_step, state.epoch_sums, state.epoch_seconds = 0, [0.0, 0.0, 0.0], 0.0
+            t.loader.set_epoch(state.epoch)
+            _record(run, row)  # the epoch line, metrics.csv, TensorBoard, its checkpoints
+            run.plan_mark = (time.perf_counter(), state.step)  # the next window: after saving
+            if stop.signum is not None:  # a signal during the evaluation: the epoch is saved
+                _interrupted(run, stop.signum)
+            if reached:
+                _log_reached(run)
+                break
+
+
+def _log_start(run: Run) -> None:
     total_epochs = -(-run.total_steps // run.steps_per_epoch)
     dist = f", {run.dist.world_size} processes" if run.dist.enabled else ""
     run.log(
@@ -132,46 +184,25 @@ def train_epochs(run: Run, tty: bool) -> None:
         f"images, {len(run.splits.classes)} classes, {run.runtime.describe()}{dist}; "
         f"{total_epochs} epochs of {run.steps_per_epoch} steps; run folder {run.folder.path}"
     )
-    late = [m for m in run.config.lr_milestones if m >= run.total_steps]
-    if run.config.schedule == "multistep" and late:
+    laid = run.trainer.schedule.laid
+    late = [m for m in laid.lr_milestones if m >= run.total_steps]
+    if laid.schedule == "multistep" and late:
         run.log(
             f"note: lr milestones {','.join(map(str, late))} are at or past the run's last "
             f"step ({run.total_steps}); those decays will not happen (set --lr-milestones)"
         )
 
-    def on_step() -> bool:
-        every = run.config.save_every_steps
-        if every and state.step % every == 0 and state.epoch_step < run.steps_per_epoch:
-            save_run(run)
-        return _replan_due(run)
 
-    progress = _progress(run, tty)
-    run.trainer.model.train()
-    with Stop() as stop:
-        run.stop = stop
-        while state.step < run.total_steps:
-            wall = time.perf_counter()
-            outcome = train_one_epoch(
-                run.trainer, state, run.config, run.total_steps, stop, on_step, progress
-            )
-            if outcome != "done":
-                state.wall_seconds += time.perf_counter() - wall
-            if outcome == "stopped":
-                save_run(run)
-                _interrupted(run, stop.signum)
-            if outcome == "paused":
-                _replan(run, mid_epoch=True)
-                continue
-            try:
-                reached = _end_epoch(run, wall)
-            except _EvaluationStopped:  # the epoch is trained: saved before its evaluation
-                state.wall_seconds += time.perf_counter() - wall
-                save_run(run)
-                _interrupted(run, stop.signum)
-            if stop.signum is not None:  # a signal during the evaluation: the epoch is saved
-                _interrupted(run, stop.signum)
-            if reached:
-                break
+def _save_due(run: Run) -> bool:
+    """``save_every_steps`` within an epoch (its last step saves the epoch's checkpoint)."""
+    every, state = run.config.save_every_steps, run.state
+    return bool(every) and state.step % every == 0 and state.epoch_step < run.steps_per_epoch
+
+
+def _save_and_stop(run: Run, wall: float) -> None:
+    run.state.wall_seconds += time.perf_counter() - wall
+    save_run(run)
+    _interrupted(run, run.stop.signum)
 
 
 def _progress(run: Run, tty: bool) -> Progress | None:
@@ -196,16 +227,13 @@ def _interrupted(run: Run, signum: int | None) -> None:
     )
 
 
-class _EvaluationStopped(Exception):
-    """A signal arrived during an end-of-epoch evaluation (single process only)."""
-
-
-def evaluate_model(run: Run, model: torch.nn.Module, loader: DeviceLoader) -> dict[str, Any]:
+def evaluate_model(run: Run, model: torch.nn.Module, loader: DeviceLoader) -> dict[str, Any] | None:
+    """``evaluate`` as the run evaluates; None when a signal stopped it (single process)."""
     stop = run.stop
     # A signal ends a single process's evaluation at the next batch; ranks of a distributed
     # run finish it together (one alone would leave the others waiting in a reduction).
     check = None if stop is None or run.dist.enabled else (lambda: stop.signum is not None)
-    result = evaluate(
+    return evaluate(
         model,
         loader,
         num_classes=len(run.splits.classes),
@@ -213,74 +241,80 @@ def evaluate_model(run: Run, model: torch.nn.Module, loader: DeviceLoader) -> di
         tta=run.config.tta,
         should_stop=check,
     )
-    if result is None:
-        raise _EvaluationStopped
-    return result
 
 
-def _evaluate_epoch(run: Run, row: dict[str, Any]) -> None:
-    """Test (and val, and EMA) figures into ``row``."""
-    t = run.trainer
-    test = evaluate_model(run, t.model, run.test_loader)
-    row.update(test_loss=test["loss"], test_acc=test["accuracy"])
-    if run.val_loader is not None:
-        val = evaluate_model(run, t.model, run.val_loader)
-        row.update(val_loss=val["loss"], val_acc=val["accuracy"])
-    if t.ema is not None:
-        ema = evaluate_model(run, t.ema.module, run.test_loader)
-        row.update(ema_test_loss=ema["loss"], ema_test_acc=ema["accuracy"])
-
-
-def _end_epoch(run: Run, wall: float) -> bool:
-    """After a complete epoch: evaluate, re-plan, record, save. True when the run stops early
-    (target accuracy reached)."""
-    state, dev = run.state, run.runtime.device
-    epoch_steps, last = state.epoch_step, state.step >= run.total_steps
-    if last and run.trainer.lookahead is not None:
-        run.trainer.lookahead.finish()  # the run ends on the slow weights
-    distributed.broadcast_buffers(run.trainer.model)  # rank 0's BatchNorm statistics on all
-    loss_sum, correct, seen = distributed.all_sum(state.epoch_sums, dev)
-    row = {
+def _train_row(run: Run) -> dict[str, Any]:
+    """The epoch's training figures, summed over ranks, with the weights made ready for its
+    evaluation: the slow weights after the run's last step, rank 0's BatchNorm statistics."""
+    state, t = run.state, run.trainer
+    if state.step >= run.total_steps and t.lookahead is not None:
+        t.lookahead.finish()  # the run ends on the slow weights
+    distributed.broadcast_buffers(t.model)  # rank 0's BatchNorm statistics on all
+    loss_sum, correct, seen = distributed.all_sum(state.epoch_sums, run.runtime.device)
+    return {
         "epoch": state.epoch + 1,
         "step": state.step,
-        "lr": lr_at(run.config, state.step - 1, run.steps_per_epoch, run.total_steps),
+        "lr": t.schedule.lr(state.step - 1),
         "train_loss": loss_sum / max(seen, 1),
         "train_acc": 100.0 * correct / max(seen, 1),
         "epoch_seconds": state.epoch_seconds,
         "images_per_s": seen / max(state.epoch_seconds, 1e-9),
     }
-    eval_start = time.perf_counter()
+
+
+def _evaluate_epoch(run: Run, row: dict[str, Any]) -> bool:
+    """Test (and val, and EMA) figures into ``row`` when this epoch is evaluated (every
+    ``eval_every`` epochs and the last); False when a signal stopped the evaluation."""
+    state, t = run.state, run.trainer
     every = run.config.eval_every
-    evaluated = last or (every and (state.epoch + 1) % every == 0)
-    if evaluated:
-        _evaluate_epoch(run, row)
-        if run.plan is not None:
-            run.plan.eval_s = distributed.all_mean([time.perf_counter() - eval_start], dev)[0]
-    state.wall_seconds += time.perf_counter() - wall
-    # A GPU's first epoch holds cuDNN autotuning and graph capture: not the speed of the rest,
-    # so its plan is first checked after the second.
-    if run.plan is not None and not last and not (dev.type == "cuda" and state.epoch == 0):
-        _replan(run, epoch_steps)
-    reached = run.config.target_accuracy and (
-        row.get(f"{run.config.target_split}_acc", -1) >= run.config.target_accuracy
+    if not (state.step >= run.total_steps or (every and (state.epoch + 1) % every == 0)):
+        return True
+    start = time.perf_counter()
+    parts = [("test", t.model, run.test_loader), ("val", t.model, run.val_loader)]
+    if t.ema is not None:
+        parts.append(("ema_test", t.ema.module, run.test_loader))
+    for name, model, loader in parts:
+        if loader is None:
+            continue
+        result = evaluate_model(run, model, loader)
+        if result is None:
+            return False
+        row.update({f"{name}_loss": result["loss"], f"{name}_acc": result["accuracy"]})
+    if run.plan is not None:
+        seconds = [time.perf_counter() - start]
+        run.plan.eval_s = distributed.all_mean(seconds, run.runtime.device)[0]
+    return True
+
+
+def _replan_at_epoch_end(run: Run) -> bool:
+    """A time budget's plan is checked after every epoch but the last. A GPU's first epoch
+    holds cuDNN autotuning and graph capture, not the speed of the rest: it is first checked
+    after the second."""
+    first_gpu_epoch = run.runtime.device.type == "cuda" and run.state.epoch == 0
+    return run.plan is not None and run.state.step < run.total_steps and not first_gpu_epoch
+
+
+def _target_reached(run: Run, row: dict[str, Any]) -> bool:
+    target = run.config.target_accuracy
+    reached = bool(target) and row.get(f"{run.config.target_split}_acc", -1) >= target
+    if reached:
+        run.state.target_seconds = time.perf_counter() - run.started
+    return reached
+
+
+def _log_reached(run: Run) -> None:
+    run.log(
+        f"target accuracy {run.config.target_accuracy:g}% reached on "
+        f"{run.config.target_split} after epoch {run.state.epoch}, "
+        f"{run.state.target_seconds:.1f}s"
     )
-    if reached:
-        state.target_seconds = time.perf_counter() - run.started
-    row["wall_seconds"] = state.wall_seconds
-    _record_epoch(run, row)
-    run.plan_mark = (time.perf_counter(), state.step)  # the next window starts after the save
-    if reached:
-        run.log(
-            f"target accuracy {run.config.target_accuracy:g}% reached on "
-            f"{run.config.target_split} after epoch {state.epoch}, {state.target_seconds:.1f}s"
-        )
-    return bool(reached)
 
 
 def _replan_due(run: Run) -> bool:
     """Time to check a time budget's plan within the epoch: every ``REPLAN_SHARE`` of the
-    budget (single process; a GPU's first epoch, with its autotuning, is not the speed)."""
-    if run.plan is None or run.dist.enabled:
+    budget (single process; a GPU's first epoch, with its autotuning, is not the speed). A
+    run's last step is not re-planned."""
+    if run.plan is None or run.dist.enabled or run.state.step >= run.total_steps:
         return False
     if run.runtime.device.type == "cuda" and run.state.epoch == 0:
         return False
@@ -291,7 +325,8 @@ def _replan_due(run: Run) -> bool:
 
 def _replan(run: Run, epoch_steps: int = 0, mid_epoch: bool = False) -> None:
     """Re-plan a time budget from the speed measured since the last check (mid-epoch) or over
-    the epoch just ended; the schedule is laid over the steps that will really run."""
+    the epoch just ended; the schedule is laid over the steps that will really run (the
+    recipe, and config.toml, stay as they are)."""
     state, plan, now = run.state, run.plan, time.perf_counter()
     if mid_epoch:
         mark_time, mark_step = run.plan_mark
@@ -318,19 +353,13 @@ def _replan(run: Run, epoch_steps: int = 0, mid_epoch: bool = False) -> None:
         f"time budget: {replanned} steps re-planned (was {run.total_steps}; "
         f"{plan.step_s * 1e3:.1f} ms/step measured in epoch {state.epoch + 1})"
     )
-    run.config = budget_schedule(run.config, replanned, run.steps_per_epoch)
+    run.trainer.schedule = run.trainer.schedule.laid_over(replanned)
     state.planned_steps = replanned
-    if run.main:
-        run.folder.write_config(run.preset, run.config)
 
 
-def _record_epoch(run: Run, row: dict[str, Any]) -> None:
-    """Metrics, the epoch line, TensorBoard and the epoch's checkpoints."""
+def _record(run: Run, row: dict[str, Any]) -> None:
+    """The epoch line, metrics.csv, steps.csv, TensorBoard, and the epoch's checkpoints."""
     state = run.state
-    state.metrics.append(row)
-    state.epoch += 1
-    state.epoch_step, state.epoch_sums, state.epoch_seconds = 0, [0.0, 0.0, 0.0], 0.0
-    run.trainer.loader.set_epoch(state.epoch)
     run.log(epoch_line(row))
     is_best = "val_acc" in row and row["val_acc"] > state.best_val
     if is_best:

@@ -3,7 +3,10 @@ as plain functions of the step), airbench's Lookahead and an EMA of the weights.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -41,6 +44,49 @@ def lr_at(config: TrainConfig, step: int, steps_per_epoch: int, total_steps: int
     if step < config.warmup_steps:
         lr *= (step + 1) / config.warmup_steps
     return lr
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The learning rate of every step of a run: the recipe's schedule laid over
+    ``total_steps`` steps. A run's schedule is :meth:`of` its recipe; a time budget re-plans
+    it with :meth:`laid_over`, which leaves the recipe as it is (and config.toml with it).
+
+    Laid over another length than the recipe's own, StepLR periods, multistep milestones and
+    warm-up steps shrink or grow in proportion, so that every decay still happens."""
+
+    recipe: TrainConfig
+    steps_per_epoch: int
+    total_steps: int
+
+    @classmethod
+    def of(cls, recipe: TrainConfig, steps_per_epoch: int, planned: int = 0) -> Schedule:
+        """``recipe``'s schedule over its own length, or over ``planned`` steps when given."""
+        own = recipe.steps or recipe.epochs * steps_per_epoch
+        return cls(recipe, steps_per_epoch, planned or own)
+
+    def laid_over(self, steps: int) -> Schedule:
+        return dataclasses.replace(self, total_steps=steps)
+
+    @cached_property
+    def laid(self) -> TrainConfig:
+        """The recipe's schedule fields as they apply over ``total_steps``."""
+        recipe = self.recipe
+        own = recipe.steps or recipe.epochs * self.steps_per_epoch
+        if self.total_steps == own:
+            return recipe
+        ratio = self.total_steps / own
+        return dataclasses.replace(
+            recipe,
+            steps=self.total_steps,
+            lr_step=max(1, round(recipe.lr_step * ratio)),
+            lr_milestones=[max(1, round(m * ratio)) for m in recipe.lr_milestones],
+            warmup_steps=round(recipe.warmup_steps * ratio),
+        )
+
+    def lr(self, step: int) -> float:
+        """The learning rate of optimizer step ``step`` (0-based)."""
+        return lr_at(self.laid, step, self.steps_per_epoch, self.total_steps)
 
 
 def make_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.device):

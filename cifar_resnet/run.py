@@ -20,7 +20,7 @@ from .data import RunSplits
 from .loader import DeviceLoader
 from .rundir import RunDir
 from .runtime import Runtime
-from .trainer import Trainer
+from .step import Trainer
 
 
 @dataclass
@@ -97,7 +97,7 @@ class Run:
 
     @property
     def total_steps(self) -> int:
-        return self.config.steps or self.config.epochs * self.steps_per_epoch
+        return self.trainer.schedule.total_steps
 
     @property
     def main(self) -> bool:

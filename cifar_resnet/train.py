@@ -18,19 +18,20 @@ import torch
 
 from . import checkpoint as ckpt_io
 from . import distributed
-from .budget import BudgetPlan, budget_schedule, plan_steps
+from .budget import BudgetPlan, plan_steps
 from .config import TrainConfig
 from .data import DataBundle, splits_for
 from .errors import CheckpointError, CifarResnetError, DistributedError, UsageError
 from .evaluate import check_classes
 from .loader import eval_loader
-from .loop import evaluate_model, train_epochs
+from .loop import evaluate_model, train_epochs, train_steps
 from .models import has_option_a, min_input_size
+from .optim import Schedule
 from .run import Run, RunState, make_run_checkpoint
 from .rundir import RunDir
 from .runtime import resolve_device, resolve_runtime, seed_everything
-from .step import Stepper
-from .trainer import Trainer, build_trainer, iter_steps, model_name
+from .step import CudaGraph, Trainer
+from .trainer import build_trainer, model_name
 from .weights import init_weights
 
 __all__ = ["fit", "weights_digest", "check_resume"]
@@ -190,6 +191,8 @@ def _set_up(config, bundle, folder, preset, dev, resume, dist_info, started, log
         state = _run_state(resume["state"])
         ckpt_io.set_rng_state(resume["rng"])
         trainer.loader.set_epoch(state.epoch)  # the resumed epoch's order, crops and flips
+        if state.planned_steps:  # a time budget's plan, laid over the recipe again
+            trainer.schedule = trainer.schedule.laid_over(state.planned_steps)
     meta = {
         "classes": splits.classes,
         "mean": list(splits.mean),
@@ -286,7 +289,7 @@ def _plan(run: Run) -> None:
     )
     run.state.planned_steps = run.plan.steps
     run.plan_mark = (time.perf_counter(), run.state.step)
-    run.config = budget_schedule(config, run.plan.steps, run.steps_per_epoch)
+    run.trainer.schedule = run.trainer.schedule.laid_over(run.plan.steps)
     side = run.trainer.early_size
     early = f", {early_s * 1e3:.1f} ms at {side}x{side} (early steps)" if early_s else ""
     run.log(
@@ -304,12 +307,13 @@ def _probe(run: Run) -> tuple[float, float, float]:
     config = dataclasses.replace(run.config, lr=run.config.lr * 1e-3)
     with torch.random.fork_rng(devices=[]):  # the run's own random stream is untouched
         probe = build_trainer(config, run.splits, run.runtime, run.dist)
+    probe.schedule = Schedule(config, run.steps_per_epoch, 1 << 30)
     probe.early_fraction = 0.0
-    step_s = _time_steps(probe, config)
+    step_s = _time_steps(probe, config.time_budget)
     early_s = 0.0
     if probe.early_size:
         probe.early_fraction = 1.0
-        early_s = _time_steps(probe, config)
+        early_s = _time_steps(probe, config.time_budget)
     eval_s = 0.0
     for loader in (run.test_loader, run.val_loader):
         if loader is None:
@@ -322,17 +326,17 @@ def _probe(run: Run) -> tuple[float, float, float]:
     return step_s, early_s, eval_s
 
 
-def _time_steps(probe: Trainer, config: TrainConfig) -> float:
+def _time_steps(probe: Trainer, budget: float) -> float:
     """Seconds per step of ``probe``, after its warm-up steps."""
     cuda = probe.loader.device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    warm, t0 = (Stepper.WARMUP + 1 if cuda else 1), 0.0
-    for done in iter_steps(probe, config, 1 << 30):
+    warm, t0 = (CudaGraph.WARMUP + 1 if cuda else 1), 0.0
+    for done in train_steps(probe):
         if done == warm:
             sync()
             t0 = time.perf_counter()
         elif done > warm:
-            if done - warm >= 20 or time.perf_counter() - t0 > 0.01 * config.time_budget:
+            if done - warm >= 20 or time.perf_counter() - t0 > 0.01 * budget:
                 break
     sync()
     return (time.perf_counter() - t0) / max(done - warm, 1)

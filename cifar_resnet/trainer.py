@@ -1,40 +1,22 @@
-"""The trainer: the loader, model, optimizer, step and weight averages of a run, built one way
-for ``fit``, the time-budget probe and the benchmarks alike; and the step as the loop sees it
-(:func:`train_step`: lr, optimizer step, EMA, lookahead)."""
+"""Building the trainer (:class:`step.Trainer`: the loader, model, optimizer, schedule and weight
+averages of a run) one way for ``fit``, the time-budget probe and the benchmarks alike."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from . import checkpoint as ckpt_io
 from . import distributed
-from .config import TrainConfig, early_steps
+from .config import TrainConfig
 from .data import RunSplits
 from .errors import CheckpointError
-from .loader import DeviceLoader, downscale, train_loader
+from .loader import train_loader
 from .models import create_model, min_input_size
-from .optim import Lookahead, lr_at, make_ema, make_optimizer, set_lr, update_ema
+from .optim import Lookahead, Schedule, make_ema, make_optimizer
 from .runtime import Runtime
-from .step import Stepper
-
-
-@dataclass
-class Trainer:
-    """What training steps need: the loader, the model, its optimizer, the step, and the
-    optional weight averages (lookahead's slow weights, an EMA)."""
-
-    loader: DeviceLoader
-    model: torch.nn.Module  # unwrapped (the stepper may hold a DDP or SyncBN wrapper)
-    optimizer: torch.optim.Optimizer
-    stepper: Stepper
-    lookahead: Lookahead | None = None
-    ema: Any = None  # torch.optim.swa_utils.AveragedModel
-    early_size: int = 0  # progressive resizing: the side of the early steps' images (0 = off)
-    early_fraction: float = 0.0  # the share of the steps trained at early_size
+from .step import Trainer
 
 
 def model_name(config: TrainConfig) -> str:
@@ -102,10 +84,17 @@ def build_trainer(
         train_model = DistributedDataParallel(
             train_model, device_ids=[dev.index] if dev.type == "cuda" else None
         )
-    trainer = Trainer(loader, model, optimizer, Stepper(train_model, optimizer, runtime))
-    trainer.early_size = early_side(config, int(splits.train.images.shape[1]))
-    trainer.early_fraction = config.early_fraction
-    trainer.stepper.label_smoothing = config.label_smoothing
+    trainer = Trainer(
+        model,
+        optimizer,
+        runtime,
+        Schedule.of(config, len(loader)),
+        loader=loader,
+        wrapped=train_model,
+        label_smoothing=config.label_smoothing,
+        early_size=early_side(config, int(splits.train.images.shape[1])),
+        early_fraction=config.early_fraction,
+    )
     if config.lookahead:
         trainer.lookahead = Lookahead(model, config.lookahead)
         if resume is not None:
@@ -126,38 +115,3 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> 
         raise CheckpointError(
             f"the checkpoint's optimizer state does not fit the model ({str(e)[:120]})"
         ) from None
-
-
-def train_step(
-    trainer: Trainer, x: torch.Tensor, y: torch.Tensor, lr: float, step: int, total_steps: int
-) -> None:
-    """Optimizer step number ``step`` (0-based) of ``total_steps`` at learning rate ``lr``."""
-    set_lr(trainer.optimizer, lr, step, total_steps)
-    if trainer.early_size and step < early_steps(trainer.early_fraction, total_steps):
-        x = downscale(x, trainer.early_size)
-    trainer.stepper.step(x, y)
-    if trainer.ema is not None:
-        update_ema(trainer.ema, trainer.model)
-    if trainer.lookahead is not None:
-        trainer.lookahead.after_step(step + 1, total_steps)
-
-
-def iter_steps(trainer: Trainer, config: TrainConfig, total_steps: int) -> Iterator[int]:
-    """Train from step 0 on ``config``'s schedule over ``total_steps``, epoch after epoch,
-    yielding the number of steps done after each (for benchmarks and the budget probe)."""
-    steps_per_epoch, step, epoch = len(trainer.loader), 0, 0
-    while True:
-        trainer.loader.set_epoch(epoch)
-        for x, y in trainer.loader.batches(0):
-            lr = lr_at(config, step, steps_per_epoch, total_steps)
-            train_step(trainer, x, y, lr, step, total_steps)
-            step += 1
-            yield step
-        epoch += 1
-
-
-def train_steps(trainer: Trainer, config: TrainConfig, n: int) -> None:
-    """Train ``n`` steps from step 0 on ``config``'s schedule laid over ``n`` steps."""
-    for done in iter_steps(trainer, config, n):
-        if done >= n:
-            break

@@ -190,31 +190,31 @@ def test_time_budget_plans_steps_and_completes_the_schedule(tiny_folder, tmp_pat
     assert "time budget 20s:" in r.stdout and "steps planned" in r.stdout
     summary = json.loads((out / "summary.json").read_text())
     assert summary["planned_steps"] == summary["steps"] > 0
-    config = (out / "config.toml").read_text()
-    assert f"steps = {summary['steps']}" in config
-    # The schedule is laid over the steps that ran: the last one had the schedule's last lr
-    # (onecycle's decay ran to its end, not cut off), however many steps fitted.
+    # config.toml keeps the recipe; the schedule is laid over the steps that ran: the last
+    # one had the schedule's last lr (onecycle's decay ran to its end, not cut off).
     from cifar_resnet.config import load_toml, resolve_config
-    from cifar_resnet.optim import lr_at
+    from cifar_resnet.optim import Schedule
 
     _, saved = resolve_config(None, load_toml(str(out / "config.toml")))
+    assert saved.steps == 0 and saved.time_budget == 20
     steps, last = summary["steps"], rows(out)[-1]
-    assert float(last["lr"]) == pytest.approx(lr_at(saved, steps - 1, 3, steps))
+    assert float(last["lr"]) == pytest.approx(Schedule.of(saved, 3, steps).lr(steps - 1))
     assert float(last["lr"]) < 0.5 * saved.lr
 
 
 def test_budget_schedule_shrinks_decays_in_proportion():
-    from cifar_resnet.budget import budget_schedule
     from cifar_resnet.config import TrainConfig
+    from cifar_resnet.optim import Schedule
 
-    c = budget_schedule(TrainConfig(epochs=300, lr_step=50), planned=30 * 10, steps_per_epoch=10)
+    recipe = TrainConfig(epochs=300, lr_step=50)
+    c = Schedule.of(recipe, 10).laid_over(30 * 10).laid
     assert (c.steps, c.lr_step) == (300, 5)
-    c = budget_schedule(
-        TrainConfig(steps=64000, schedule="multistep", lr_milestones=[32000, 48000]),
-        planned=6400,
-        steps_per_epoch=391,
-    )
-    assert c.lr_milestones == [3200, 4800]
+    assert Schedule.of(recipe, 10).laid is recipe  # its own length: the recipe as it is
+    paper = TrainConfig(steps=64000, schedule="multistep", lr_milestones=[32000, 48000])
+    schedule = Schedule.of(paper, 391).laid_over(6400)
+    assert schedule.laid.lr_milestones == [3200, 4800]
+    assert [schedule.lr(s) for s in (3199, 3200, 4800)] == pytest.approx([0.1, 0.01, 0.001])
+    assert schedule.recipe is paper  # re-planning leaves the recipe as it was
 
 
 def test_target_accuracy_stops_early(tiny_folder, tmp_path, cache_dir):

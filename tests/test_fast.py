@@ -20,9 +20,9 @@ from cifar_resnet.config import TrainConfig, preset_config, resolve_config
 from cifar_resnet.evaluate import tta_logits
 from cifar_resnet.loader import DeviceLoader
 from cifar_resnet.models import create_model
-from cifar_resnet.optim import Lookahead, lr_at, make_optimizer, set_lr
+from cifar_resnet.optim import Lookahead, Schedule, lr_at, make_optimizer
 from cifar_resnet.runtime import Runtime
-from cifar_resnet.step import Stepper
+from cifar_resnet.step import CudaGraph, Trainer, train_step
 
 
 def test_onecycle_start_and_end_factors_follow_airbench():
@@ -103,14 +103,14 @@ def test_optimizer_groups_scale_norm_lr_and_freeze_the_stem_bias():
     # The seed recipe keeps one group: old checkpoints and the seed's numerics are unchanged.
     assert len(make_optimizer(create_model("seed"), TrainConfig(), "cpu").param_groups) == 1
 
-    stepper = Stepper(model, opt, Runtime(torch.device("cpu"), None, False, False, False))
+    constant = Schedule.of(TrainConfig(schedule="constant", lr=0.5, steps=100), 1)
+    runtime = Runtime(torch.device("cpu"), None, False, False, False)
+    trainer = Trainer(model, opt, runtime, constant)
     x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))
-    set_lr(opt, 0.5, step=10, total_steps=100)  # within the first 30%: all learn
-    stepper.step(x, y)
+    train_step(trainer, x, y, step=10)  # within the first 30%: all learn
     assert float(groups["norm"]["lr"]) == 32.0 and float(groups["stem"]["lr"]) == 0.5
     bias = model.whiten.bias.detach().clone()
-    set_lr(opt, 0.5, step=30, total_steps=100)  # after: the stem bias is frozen
-    stepper.step(x, y)
+    train_step(trainer, x, y, step=30)  # after: the stem bias is frozen
     assert float(groups["stem"]["lr"]) == 0.0 and torch.equal(model.whiten.bias, bias)
 
 
@@ -295,7 +295,7 @@ def test_a_wrong_plan_is_corrected_by_the_runs_own_speed(
     planned = int(first.split(": ")[1].split()[0]) // 10
     assert any("re-planned" in m for m in logs)
     assert summary["steps"] == summary["planned_steps"] > planned
-    assert f"steps = {summary['steps']}" in (tmp_path / "run" / "config.toml").read_text()
+    assert "steps = 0\n" in (tmp_path / "run" / "config.toml").read_text()  # the recipe
 
 
 def test_early_scale_trains_the_first_steps_smaller(tiny_folder, tmp_path, monkeypatch):
@@ -307,17 +307,17 @@ def test_early_scale_trains_the_first_steps_smaller(tiny_folder, tmp_path, monke
     from cifar_resnet.train import fit
 
     sides, evaluated = [], []
-    step, logits = Stepper.step, evaluate.tta_logits
+    step, logits = CudaGraph.run, evaluate.tta_logits
 
-    def recording_step(self, x, y):
+    def recording_step(self, fn, x, y):
         sides.append(tuple(x.shape[2:]))
-        return step(self, x, y)
+        return step(self, fn, x, y)
 
     def recording_logits(model, x, tta=0):
         evaluated.append(tuple(x.shape[2:]))
         return logits(model, x, tta)
 
-    monkeypatch.setattr(Stepper, "step", recording_step)
+    monkeypatch.setattr(CudaGraph, "run", recording_step)
     monkeypatch.setattr(evaluate, "tta_logits", recording_logits)
     bundle = load_data(str(tiny_folder), progress=False)
     config = TrainConfig(steps=10, batch_size=8, early_scale=0.5, early_fraction=0.3)
