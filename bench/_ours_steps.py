@@ -28,7 +28,7 @@ import time
 import torch
 
 from cifar_resnet.config import TrainConfig, preset_config
-from cifar_resnet.data import ArraySplit, DataBundle, load_data, splits_for
+from cifar_resnet.data import ArraySplit, DataBundle, load_data
 from cifar_resnet.evaluate import evaluate
 from cifar_resnet.loader import eval_loader
 from cifar_resnet.loop import train_steps
@@ -38,11 +38,9 @@ from cifar_resnet.run import RunState
 from cifar_resnet.runtime import (
     resolve_device,
     resolve_precision,
-    resolve_runtime,
-    seed_everything,
 )
 from cifar_resnet.step import Trainer, train_step
-from cifar_resnet.trainer import build_trainer
+from cifar_resnet.trainer import build_trainer, start
 
 BATCH = 128
 
@@ -75,9 +73,7 @@ def seed_config(args, **switches) -> TrainConfig:
 
 def set_up(config: TrainConfig, bundle: DataBundle, dev: torch.device):
     """fit()'s own set-up: runtime, seeds, the run's images, the trainer."""
-    runtime = resolve_runtime(config, dev, distributed=False)
-    seed_everything(config.seed)
-    splits = splits_for(bundle, config)
+    runtime, splits = start(config, bundle, dev)
     return runtime, splits, build_trainer(config, splits, runtime)
 
 

@@ -26,15 +26,7 @@ def loader_passes(config, bundle, repeats: int) -> tuple[list[float], int]:
     """Seconds of each full pass of the run's training loader, and its image count."""
     runtime = resolve_runtime(config, resolve_device("cpu"), distributed=False)
     splits = splits_for(bundle, config)
-    loader = train_loader(
-        splits.train.images,
-        splits.train.labels,
-        config,
-        mean=splits.mean,
-        std=splits.std,
-        device=runtime.device,
-        channels_last=runtime.channels_last,
-    )
+    loader = train_loader(splits, config, runtime)
     passes = []
     for epoch in range(repeats):
         loader.set_epoch(epoch)

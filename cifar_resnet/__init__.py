@@ -13,6 +13,7 @@ _LAZY = {
     "list_models": "models",
     "register_model": "models",
     "fit": "train",
+    "RunOptions": "run",
     "fit_seeds": "seeds",
     "load_data": "data",
 }

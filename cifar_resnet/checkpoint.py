@@ -42,7 +42,7 @@ import torch
 from .config import TrainConfig, apply_overrides, resolve_config
 from .errors import CheckpointError, UsageError
 from .files import write_atomic
-from .models import create_model, has_option_a
+from .models import ModelSpec, has_option_a
 
 FORMAT = "cifar-resnet"
 CHECKPOINT_VERSION = 2
@@ -221,13 +221,18 @@ def model_options(ckpt: dict[str, Any]) -> dict[str, Any]:
     return {"option_a_pad": ckpt.get("option_a_pad", default)}
 
 
+def model_spec(ckpt: dict[str, Any]) -> ModelSpec:
+    """The spec of the checkpoint's model (name, class count, options)."""
+    return ModelSpec(ckpt["model_name"], len(ckpt["classes"]), **model_options(ckpt))
+
+
 def build_model(
     ckpt: dict[str, Any], device: str | torch.device = "cpu", ema: bool = False, where: str = ""
 ) -> torch.nn.Module:
     """The checkpoint's model (its EMA weights if ``ema``) on ``device``, in eval mode."""
     if ema and "ema" not in ckpt:
         raise UsageError("this checkpoint holds no EMA weights: train with --ema DECAY")
-    model = create_model(ckpt["model_name"], len(ckpt["classes"]), **model_options(ckpt))
+    model = model_spec(ckpt).build()
     load_weights(model, ckpt["ema" if ema else "model"], where or "the checkpoint")
     return model.to(device).eval()
 

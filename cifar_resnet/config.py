@@ -362,7 +362,16 @@ def resolve_config(
     config = preset_config(name, device_type)
     config = _override_length(config, file_values, file_name)
     config = _override_length(config, flag_values or {}, "command line")
-    return name, config.validate()
+    return name, fold_shortcut(config.validate())
+
+
+def fold_shortcut(config: TrainConfig) -> TrainConfig:
+    """``shortcut`` folded into the model's name (resnet20 with shortcut B is resnet20b), so
+    that ``model`` names the model built; done once, when the recipe is resolved."""
+    if config.shortcut not in ("A", "B") or not config.model.startswith("resnet"):
+        return config
+    name = config.model.rstrip("b") + ("b" if config.shortcut == "B" else "")
+    return dataclasses.replace(config, model=name, shortcut="")
 
 
 def _override_length(config: TrainConfig, values: dict[str, Any], where: str) -> TrainConfig:

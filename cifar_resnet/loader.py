@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from .config import TrainConfig
+from .data import RunSplits
+from .runtime import Runtime
 
 
 def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
@@ -203,36 +205,44 @@ def downscale(x: torch.Tensor, size: int) -> torch.Tensor:
     )
 
 
-def train_loader(
-    images: np.ndarray,
-    labels: np.ndarray,
-    config: TrainConfig,
-    *,
-    mean: Sequence[float],
-    std: Sequence[float],
-    device: torch.device | str = "cpu",
-    channels_last: bool = False,
-    rank: int = 0,
-    world_size: int = 1,
-) -> DeviceLoader:
-    """The training loader of a run: shuffled and augmented as ``config`` says."""
+def train_loader(splits: RunSplits, config: TrainConfig, runtime: Runtime) -> DeviceLoader:
+    """The run's training loader: its training images, shuffled and augmented as ``config``
+    says, normalised with the run's statistics, this process's shard on its device."""
     return DeviceLoader(
-        images,
-        labels,
+        splits.train.images,
+        splits.train.labels,
         config.batch_size,
-        device=device,
+        device=runtime.device,
         train=True,
         padding=config.padding,
         pad_mode=config.pad_mode,
         flip=config.flip,
         alt_flip=config.alt_flip,
-        mean=mean,
-        std=std,
+        mean=splits.mean,
+        std=splits.std,
         seed=config.seed,
-        channels_last=channels_last,
-        rank=rank,
-        world_size=world_size,
+        channels_last=runtime.channels_last,
+        rank=runtime.rank,
+        world_size=runtime.world_size,
     )
+
+
+def eval_loaders(
+    splits: RunSplits, config: TrainConfig, runtime: Runtime
+) -> tuple[DeviceLoader, DeviceLoader | None]:
+    """The run's test loader and its validation loader (None without a validation split)."""
+    kw = dict(
+        mean=splits.mean,
+        std=splits.std,
+        device=runtime.device,
+        channels_last=runtime.channels_last,
+        rank=runtime.rank,
+        world_size=runtime.world_size,
+    )
+    test = eval_loader(splits.test.images, splits.test.labels, config.eval_batch_size, **kw)
+    if splits.val is None:
+        return test, None
+    return test, eval_loader(splits.val.images, splits.val.labels, config.eval_batch_size, **kw)
 
 
 def eval_loader(

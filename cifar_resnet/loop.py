@@ -206,7 +206,7 @@ def _save_and_stop(run: Run, wall: float) -> None:
 
 
 def _progress(run: Run, tty: bool) -> Progress | None:
-    if not run.main or run.quiet:
+    if not run.main or run.options.quiet:
         return None
     return Progress(
         total_steps=run.total_steps,
@@ -214,7 +214,7 @@ def _progress(run: Run, tty: bool) -> Progress | None:
         first_step=run.state.step,
         tty=tty,
         log=run.log,
-        log_every=run.log_every,
+        log_every=run.options.log_every,
         writer=run.writer,
         rows=run.state.log_rows,
     )

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -72,6 +73,30 @@ def create_model(name: str, num_classes: int = 10, option_a_pad: str | None = No
     if not has_option_a(name) or option_a_pad not in OPTION_A_PADS:
         raise UsageError(f"option_a_pad {option_a_pad!r} does not apply to model {name!r}")
     return _REGISTRY[name](num_classes=num_classes, option_a_pad=option_a_pad)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """All that builds a model, resolved once: the registry name (a run's ``shortcut``
+    already folded into it), the class count, and for option A ResNets where the shortcut's
+    zero channels go. Training and checkpoints build their models from it alike."""
+
+    name: str
+    num_classes: int = 10
+    option_a_pad: str | None = None
+
+    @classmethod
+    def new(cls, name: str, num_classes: int) -> ModelSpec:
+        """A new model's spec: option A ResNets pad as the published PyTorch weights expect."""
+        return cls(name, num_classes, "both" if has_option_a(name) else None)
+
+    @property
+    def options(self) -> dict[str, str]:
+        """The build options as checkpoints record them (none for most models)."""
+        return {} if self.option_a_pad is None else {"option_a_pad": self.option_a_pad}
+
+    def build(self) -> nn.Module:
+        return create_model(self.name, self.num_classes, self.option_a_pad)
 
 
 def min_input_size(name: str) -> int:

@@ -67,6 +67,24 @@ class Stop:
 
 
 @dataclass
+class RunOptions:
+    """How ``fit`` runs a recipe, apart from the recipe itself (see ``fit``)."""
+
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    resume: dict[str, Any] | str | None = None  # None, "auto", "required" or a checkpoint
+    overwrite: bool = False  # a new run may replace one in its folder
+    quiet: bool = False  # no log and no progress
+    progress: bool | None = None  # a bar per epoch (None: when stdout is a terminal)
+    log: Callable[[str], None] = print
+    log_every: int = 0  # steps between progress lines (0: 10% of an epoch, or 30 s)
+    dist_backend: str = "auto"  # torchrun: auto, nccl or gloo
+    dist_timeout: float = 600.0  # torchrun: seconds a rank waits for the others
+    started: float | None = None  # time.perf_counter() when the run's clock started
+    tensorboard: bool = False  # log to RUN/tensorboard
+    data_spec: str | None = None  # the --data value, recorded for the run's later commands
+
+
+@dataclass
 class Run:
     """What the phases of ``fit`` share."""
 
@@ -81,15 +99,13 @@ class Run:
     test_loader: DeviceLoader
     val_loader: DeviceLoader | None
     meta: dict[str, Any]
-    started: float
-    log: Callable[[str], None]
-    quiet: bool = False  # no log and no progress (also every rank but 0)
+    options: RunOptions  # started resolved; quiet on every rank but 0
+    log: Callable[[str], None]  # options.log, or nothing when quiet
     stop: Stop | None = None
     plan: BudgetPlan | None = None
     plan_mark: tuple[float, int] = (0.0, 0)  # (time, step) of the last re-plan check
     writer: Any = None  # TensorBoard SummaryWriter
     last_checkpoint: Path | None = None
-    log_every: int = 0  # steps between progress lines (0: 10% of an epoch)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -98,6 +114,10 @@ class Run:
     @property
     def total_steps(self) -> int:
         return self.trainer.schedule.total_steps
+
+    @property
+    def started(self) -> float:
+        return self.options.started
 
     @property
     def main(self) -> bool:

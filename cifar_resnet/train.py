@@ -10,7 +10,6 @@ import hashlib
 import os
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,72 +18,63 @@ import torch
 from . import checkpoint as ckpt_io
 from . import distributed
 from .budget import BudgetPlan, plan_steps
-from .config import TrainConfig
-from .data import DataBundle, splits_for
+from .config import TrainConfig, fold_shortcut
+from .data import DataBundle
 from .errors import CheckpointError, CifarResnetError, DistributedError, UsageError
 from .evaluate import check_classes
-from .loader import eval_loader
+from .loader import eval_loaders
 from .loop import evaluate_model, train_epochs, train_steps
-from .models import has_option_a, min_input_size
+from .models import ModelSpec, min_input_size
 from .optim import Schedule
-from .run import Run, RunState, make_run_checkpoint
+from .run import Run, RunOptions, RunState, make_run_checkpoint
 from .rundir import RunDir
-from .runtime import resolve_device, resolve_runtime, seed_everything
+from .runtime import resolve_device
 from .step import CudaGraph, Trainer
-from .trainer import build_trainer, model_name
+from .trainer import build_trainer, start
 from .weights import init_weights
 
-__all__ = ["fit", "weights_digest", "check_resume"]
+__all__ = ["fit", "RunOptions", "weights_digest", "check_resume"]
 
 
 def fit(
     config: TrainConfig,
     bundle: DataBundle,
     out_dir: str | os.PathLike,
+    options: RunOptions | None = None,
     *,
     preset: str = "seed",
-    device: str = "auto",
-    resume: dict[str, Any] | str | None = None,
-    overwrite: bool = False,
-    quiet: bool = False,
-    progress: bool | None = None,
-    log: Callable[[str], None] = print,
-    dist_backend: str = "auto",
-    dist_timeout: float = 600.0,
-    started: float | None = None,
-    tensorboard: bool = False,
-    data_spec: str | None = None,
-    log_every: int = 0,
+    **option_values: Any,
 ) -> dict[str, Any]:
     """Train ``config`` on ``bundle`` into the run folder ``out_dir``; returns the summary.
 
-    ``resume``: None starts a new run (refused if ``out_dir`` holds one, unless ``overwrite``);
-    ``"auto"`` continues ``out_dir``'s newest valid checkpoint if there is one, else starts;
-    ``"required"`` continues it or fails; a loaded checkpoint dict continues from that.
-    Launched by torchrun, every rank calls ``fit`` with the same arguments; only rank 0 writes
-    and prints. ``started`` (a ``time.perf_counter()`` value) is when the run's clock started,
-    for ``time_budget``; by default, now. ``data_spec`` (the ``--data`` value) is recorded, so
+    ``options``: how to run it, a :class:`~cifar_resnet.run.RunOptions`, whose fields may
+    also be given as keywords (``device="cpu", quiet=True``). ``resume``: None starts a new
+    run (refused if ``out_dir`` holds one, unless ``overwrite``); ``"auto"`` continues
+    ``out_dir``'s newest valid checkpoint if there is one, else starts; ``"required"``
+    continues it or fails; a loaded checkpoint dict continues from that. Launched by torchrun,
+    every rank calls ``fit`` with the same arguments; only rank 0 writes and prints.
+    ``started`` (a ``time.perf_counter()`` value) is when the run's clock started, for
+    ``time_budget``; by default, now. ``data_spec`` (the ``--data`` value) is recorded, so
     that the run's later commands find its data without being told. ``progress``: draw a
     bar per epoch (default: when stdout is a terminal); otherwise a progress line goes to
     ``log`` every ``log_every`` steps (default: every 10% of an epoch, or 30 s).
     """
-    started = time.perf_counter() if started is None else started
+    options = dataclasses.replace(options or RunOptions(), **option_values)
+    started = time.perf_counter() if options.started is None else options.started
+    config = fold_shortcut(config)
     _check_input_size(config, bundle)
-    dist_info, dev = distributed.setup(resolve_device(device), dist_backend, dist_timeout)
+    device = resolve_device(options.device)
+    dist_info, dev = distributed.setup(device, options.dist_backend, options.dist_timeout)
+    quiet = options.quiet or not dist_info.is_main
+    options = dataclasses.replace(options, started=started, quiet=quiet)
     folder = RunDir(out_dir)
     try:
         _take_folder(folder, dist_info, dev)
-        ckpt = _resume_checkpoint(resume, folder, overwrite, dist_info.is_main, dev)
-        run = _set_up(config, bundle, folder, preset, dev, ckpt, dist_info, started, log, quiet)
-        if data_spec is not None:
-            run.meta["data"] = data_spec
-        run.writer = folder.tensorboard() if tensorboard and run.main else None
-        run.log_every = log_every
-        if progress is None:
-            progress = _is_terminal()
+        ckpt = _resume_checkpoint(options.resume, folder, options.overwrite, dist_info.is_main, dev)
+        run = _set_up(config, bundle, folder, preset, ckpt, dist_info, dev, options)
         _plan(run)
         _write_run_files(run, bundle.source)
-        train_epochs(run, progress)
+        train_epochs(run, _is_terminal() if options.progress is None else options.progress)
         summary = _finish(run)
         # The run (its DDP model holds the process group) is released, and every rank has
         # finished, before the group is destroyed: a gloo group torn down while a peer's
@@ -154,10 +144,10 @@ def _resume_checkpoint(
 
 def check_resume(resume: dict[str, Any], config: TrainConfig, path: Path) -> None:
     """Refuse to continue a checkpoint with another model or batch size."""
-    if resume["model_name"] != model_name(config):
+    if resume["model_name"] != config.model:
         raise CheckpointError(
             f"{path} holds a {resume['model_name']} model but the run asks for "
-            f"{model_name(config)}; drop --model or start a new --out"
+            f"{config.model}; drop --model or start a new --out"
         )
     saved = resume["config"].get("batch_size")
     if saved is not None and saved != config.batch_size:
@@ -167,25 +157,20 @@ def check_resume(resume: dict[str, Any], config: TrainConfig, path: Path) -> Non
         )
 
 
-def _set_up(config, bundle, folder, preset, dev, resume, dist_info, started, log, quiet) -> Run:
+def _set_up(config, bundle, folder, preset, resume, dist_info, dev, options: RunOptions) -> Run:
     """Runtime, seeds, the run's images, evaluation loaders, the trainer and its state."""
-    runtime = resolve_runtime(config, dev, dist_info.enabled)
-    seed_everything(config.seed)
     if dist_info.enabled and config.batch_size < dist_info.world_size:
         raise UsageError(
             f"--batch-size {config.batch_size} is the global batch and must be at "
             f"least the number of processes ({dist_info.world_size})"
         )
-    splits = splits_for(bundle, config)
+    runtime, splits = start(config, bundle, dev, dist_info)
     if resume is not None:
         check_resume(resume, config, folder.path)
         check_classes(bundle, resume)
         splits.mean, splits.std = tuple(resume["mean"]), tuple(resume["std"])
-    test_loader, val_loader = (
-        _eval_loader(part, config, splits, runtime, dist_info) for part in (splits.test, splits.val)
-    )
-    options, init_state = _model_start(config, resume)
-    trainer = build_trainer(config, splits, runtime, dist_info, resume, options, init_state)
+    spec, init_state = _model_spec(config, len(splits.classes), resume)
+    trainer = build_trainer(config, splits, runtime, spec, resume, init_state)
     state = RunState()
     if resume is not None:
         state = _run_state(resume["state"])
@@ -197,13 +182,15 @@ def _set_up(config, bundle, folder, preset, dev, resume, dist_info, started, log
         "classes": splits.classes,
         "mean": list(splits.mean),
         "std": list(splits.std),
-        "model_name": model_name(config),
+        "model_name": spec.name,
         "preset": preset,
         "input_size": int(splits.train.images.shape[1]),
-        **options,
+        **spec.options,
     }
-    quiet = quiet or not dist_info.is_main
-    log = (lambda message: None) if quiet else log
+    if options.data_spec is not None:
+        meta["data"] = options.data_spec
+    test_loader, val_loader = eval_loaders(splits, config, runtime)
+    main = dist_info.is_main
     return Run(
         config=config,
         preset=preset,
@@ -216,49 +203,31 @@ def _set_up(config, bundle, folder, preset, dev, resume, dist_info, started, log
         test_loader=test_loader,
         val_loader=val_loader,
         meta=meta,
-        started=started,
-        log=log,
-        quiet=quiet,
+        options=options,
+        log=(lambda message: None) if options.quiet else options.log,
+        writer=folder.tensorboard() if options.tensorboard and main else None,
     )
 
 
-def _model_start(config: TrainConfig, resume: dict[str, Any] | None):
-    """(model options, starting weights or None): a resumed run's own options; a new run's
+def _model_spec(config: TrainConfig, num_classes: int, resume: dict[str, Any] | None):
+    """(the model's spec, starting weights or None): a resumed run's own spec; a new run's
     from ``--init-from``'s weights, else the current defaults."""
-    name = model_name(config)
     if resume is not None:
-        return ckpt_io.model_options(resume), None
+        return ckpt_io.model_spec(resume), None
     if config.init_from:
-        state, options = init_weights(config.init_from, name)
-        return options, state
-    return ({"option_a_pad": "both"} if has_option_a(name) else {}), None
+        state, options = init_weights(config.init_from, config.model)
+        return ModelSpec(config.model, num_classes, **options), state
+    return ModelSpec.new(config.model, num_classes), None
 
 
 def _check_input_size(config: TrainConfig, bundle: DataBundle) -> None:
     """The model takes the images (checked before the run folder is touched)."""
-    side, least = int(bundle.train.images.shape[1]), min_input_size(model_name(config))
+    side, least = int(bundle.train.images.shape[1]), min_input_size(config.model)
     if side < least:
         raise UsageError(
-            f"{model_name(config)} needs images of at least {least}x{least} pixels, these are "
+            f"{config.model} needs images of at least {least}x{least} pixels, these are "
             f"{side}x{side}; pass --image-size {max(least, 32)} or choose another --model"
         )
-
-
-def _eval_loader(part, config, splits, runtime, dist_info):
-    """An evaluation loader over ``part`` (None for a split the run does not have)."""
-    if part is None:
-        return None
-    return eval_loader(
-        part.images,
-        part.labels,
-        config.eval_batch_size,
-        mean=splits.mean,
-        std=splits.std,
-        device=runtime.device,
-        channels_last=runtime.channels_last,
-        rank=dist_info.rank,
-        world_size=dist_info.world_size,
-    )
 
 
 def _run_state(saved: dict[str, Any]) -> RunState:
@@ -306,7 +275,9 @@ def _probe(run: Run) -> tuple[float, float, float]:
     then up to 20 steps or 1% of the budget each."""
     config = dataclasses.replace(run.config, lr=run.config.lr * 1e-3)
     with torch.random.fork_rng(devices=[]):  # the run's own random stream is untouched
-        probe = build_trainer(config, run.splits, run.runtime, run.dist)
+        meta = run.meta
+        spec = ModelSpec(meta["model_name"], len(meta["classes"]), meta.get("option_a_pad"))
+        probe = build_trainer(config, run.splits, run.runtime, spec)
     probe.schedule = Schedule(config, run.steps_per_epoch, 1 << 30)
     probe.early_fraction = 0.0
     step_s = _time_steps(probe, config.time_budget)

@@ -10,21 +10,26 @@ import torch
 from . import checkpoint as ckpt_io
 from . import distributed
 from .config import TrainConfig
-from .data import RunSplits
+from .data import DataBundle, RunSplits, splits_for
 from .errors import CheckpointError
 from .loader import train_loader
-from .models import create_model, min_input_size
+from .models import ModelSpec, min_input_size
 from .optim import Lookahead, Schedule, make_ema, make_optimizer
-from .runtime import Runtime
+from .runtime import Runtime, resolve_runtime, seed_everything
 from .step import Trainer
 
 
-def model_name(config: TrainConfig) -> str:
-    """The registry name, with ``shortcut`` applied to He et al. ResNets."""
-    name = config.model
-    if config.shortcut and name.startswith("resnet"):
-        name = name.rstrip("b") + ("b" if config.shortcut == "B" else "")
-    return name
+def start(
+    config: TrainConfig, bundle: DataBundle, device: torch.device, dist_info=None
+) -> tuple[Runtime, RunSplits]:
+    """What every run starts from (``fit``, the benchmarks): the runtime resolved for the
+    device and the process's rank, the seeds set, the run's images picked."""
+    dist_info = dist_info or distributed.DistInfo()  # single process
+    runtime = resolve_runtime(
+        config, device, dist_info.enabled, dist_info.rank, dist_info.world_size
+    )
+    seed_everything(config.seed)
+    return runtime, splits_for(bundle, config)
 
 
 def early_side(config: TrainConfig, side: int) -> int:
@@ -32,7 +37,7 @@ def early_side(config: TrainConfig, side: int) -> int:
     ``early_scale`` of it, at least what the model takes; 0 when there is no smaller size."""
     if not config.early_scale:
         return 0
-    small = max(min_input_size(model_name(config)), round(config.early_scale * side))
+    small = max(min_input_size(config.model), round(config.early_scale * side))
     return small if small < side else 0
 
 
@@ -40,30 +45,18 @@ def build_trainer(
     config: TrainConfig,
     splits: RunSplits,
     runtime: Runtime,
-    dist_info: distributed.DistInfo | None = None,
+    spec: ModelSpec | None = None,
     resume: dict[str, Any] | None = None,
-    model_options: dict[str, Any] | None = None,
     init_state: dict[str, torch.Tensor] | None = None,
 ) -> Trainer:
     """The training loader, model, optimizer and step as ``fit`` trains them, with ``resume``'s
     weights, optimizer, lookahead and EMA state loaded (not its RNG or counters), or a new
-    run's starting weights ``init_state`` (fine-tuning). ``model_options``: see
-    ``checkpoint.model_options``."""
-    dist_info = dist_info or distributed.DistInfo()  # single process
+    run's starting weights ``init_state`` (fine-tuning). ``spec``: the model (by default a
+    new ``config.model`` for the run's classes)."""
     dev = runtime.device
-    loader = train_loader(
-        splits.train.images,
-        splits.train.labels,
-        config,
-        mean=splits.mean,
-        std=splits.std,
-        device=dev,
-        channels_last=runtime.channels_last,
-        rank=dist_info.rank,
-        world_size=dist_info.world_size,
-    )
-    model = create_model(model_name(config), len(splits.classes), **(model_options or {}))
-    model = model.to(dev)
+    loader = train_loader(splits, config, runtime)
+    spec = spec or ModelSpec.new(config.model, len(splits.classes))
+    model = spec.build().to(dev)
     if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if hasattr(model, "init_whitening") and resume is None:
@@ -76,7 +69,7 @@ def build_trainer(
         ckpt_io.load_weights(model, resume["model"], "the checkpoint's model")
         _load_optimizer(optimizer, resume["optimizer"])
     train_model = model
-    if dist_info.enabled:
+    if runtime.world_size > 1:
         from torch.nn.parallel import DistributedDataParallel
 
         if config.sync_bn:

@@ -133,14 +133,7 @@ def run(args: argparse.Namespace) -> int:
         return _run_seeds(args, out, started)
     preset, config, resume = _recipe(args, out)
     bundle = load_bundle(args, config.image_size, progress=sys.stderr.isatty() and not args.quiet)
-    summary = fit(
-        config,
-        bundle,
-        out,
-        preset=preset,
-        resume=resume,
-        **_run_options(args, started),
-    )
+    summary = fit(config, bundle, out, _run_options(args, started, resume), preset=preset)
     if "checkpoint" not in summary:  # not rank 0 of a torchrun job
         return 0
     if not args.no_report:
@@ -195,15 +188,8 @@ def _run_seeds(args: argparse.Namespace, out: str, started: float) -> int:
 
     preset, config, seeds, resume = _seeds_recipe(args, out)
     bundle = load_bundle(args, config.image_size, progress=sys.stderr.isatty() and not args.quiet)
-    result = fit_seeds(
-        config,
-        bundle,
-        out,
-        seeds,
-        preset=preset,
-        resume=resume,
-        **_run_options(args, started),
-    )
+    options = _run_options(args, started, resume)  # resume: the seeds' mode
+    result = fit_seeds(config, bundle, out, seeds, preset=preset, **vars(options))
     if not args.no_report:
         _report(out, bundle, args.quiet)
     if args.quiet:
@@ -264,19 +250,22 @@ def _new_recipe(args: argparse.Namespace, flags: dict):
     return preset, config
 
 
-def _run_options(args: argparse.Namespace, started: float) -> dict:
+def _run_options(args: argparse.Namespace, started: float, resume):
     """The ``fit`` options a lone run and every seed of ``--seeds`` take from the flags."""
-    return {
-        "device": args.device,
-        "overwrite": args.overwrite,
-        "quiet": args.quiet,
-        "dist_backend": args.dist_backend,
-        "dist_timeout": args.dist_timeout,
-        "started": started,
-        "tensorboard": args.tensorboard,
-        "data_spec": _spec(args.data),
-        "log_every": args.log_every,
-    }
+    from ..run import RunOptions
+
+    return RunOptions(
+        device=args.device,
+        resume=resume,
+        overwrite=args.overwrite,
+        quiet=args.quiet,
+        dist_backend=args.dist_backend,
+        dist_timeout=args.dist_timeout,
+        started=started,
+        tensorboard=args.tensorboard,
+        data_spec=_spec(args.data),
+        log_every=args.log_every,
+    )
 
 
 def _spec(data: str) -> str:
