@@ -8,10 +8,19 @@ from ..config import PRESETS, preset_config
 
 
 def add_parsers(subparsers) -> None:
-    subparsers.add_parser("models", help="list the models").set_defaults(func=models)
-    subparsers.add_parser("presets", help="list the presets with their recipes").set_defaults(
-        func=presets
-    )
+    subparsers.add_parser(
+        "models",
+        help="list the models",
+        description="List the models `train --model` takes: name, parameters (10 classes) and "
+        "what each is; the ones whose published weights `--init-from` and `evaluate "
+        "--weights` load say so.",
+    ).set_defaults(func=models)
+    subparsers.add_parser(
+        "presets",
+        help="list the presets with their recipes",
+        description="List the recipes `train --preset` starts from: what each is for, roughly "
+        "how long it takes, and its values (a flag given to `train` replaces a value).",
+    ).set_defaults(func=presets)
 
 
 def models(args: argparse.Namespace) -> int:
@@ -26,7 +35,9 @@ def models(args: argparse.Namespace) -> int:
 
 def presets(args: argparse.Namespace) -> int:
     for name, values in PRESETS.items():
-        print(f"{name}: {values.get('_about', '')}")
+        print(f"{name}: for {values['_for']}")
+        print(f"   takes: {values['_takes']}")
+        print(f"   recipe: {values['_about']}")
         config = preset_config(name)
         print("   " + ", ".join(f"{k}={getattr(config, k)!r}" for k in values if k[0] != "_"))
         if "_cpu" in values:

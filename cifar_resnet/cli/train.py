@@ -9,10 +9,12 @@ from pathlib import Path
 
 from ..config import PRESETS, load_toml, resolve_config
 from ..errors import UsageError
+from ..recipe import DATA, RUN, RUNTIME
 from .flags import (
     add_config_flags,
     add_data_flags,
     add_device_flag,
+    add_groups,
     flag_values,
     load_bundle,
     to_json,
@@ -23,43 +25,56 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     t = subparsers.add_parser(
         "train",
         help="train a model; prints the seed post's line every epoch",
-        description="Train a ResNet. Recipe: --preset, then --config, then flags.",
+        description="Train a ResNet. The recipe is --preset, then --config, then the flags "
+        "given: a recipe flag left out keeps the preset's value (`cifar-resnet presets` lists "
+        "each preset's values), so a default is shown only where no preset sets it.",
     )
+    t.add_argument(
+        "--preset", choices=tuple(PRESETS), help="the recipe to start from (default: seed)"
+    )
+    t.add_argument("--config", help="TOML file of recipe fields (see config.toml in any run)")
+    groups = add_groups(t)
     add_data_flags(
-        t,
+        groups[DATA],
         required=False,
         data_help="an image folder (DIR/train/<class>/*, DIR/test/<class>/*), a CIFAR python "
         "archive or its folder, or cifar10 / cifar100 to download the official archive; "
         "required for a new run, remembered by the run for --resume",
     )
-    t.add_argument(
+    _add_run_flags(groups[RUN])
+    add_device_flag(groups[RUNTIME])
+    _add_dist_flags(groups[RUNTIME])
+    add_config_flags(t, groups=groups)
+    t.set_defaults(func=run)
+    return t
+
+
+def _add_run_flags(g) -> None:
+    g.add_argument(
         "--out",
         help="run folder for metrics.csv, config.toml, checkpoints and "
         "summary.json (required unless --resume RUN_DIR)",
     )
-    t.add_argument("--preset", choices=tuple(PRESETS), help="recipe to start from (default: seed)")
-    t.add_argument("--config", help="TOML file of recipe fields (see config.toml in any run)")
-    t.add_argument(
+    g.add_argument(
         "--resume",
         metavar="RUN_DIR|auto",
         help="continue a run from its newest "
         "valid checkpoint; auto: continue --out if it has one, else start it",
     )
-    t.add_argument(
+    g.add_argument(
         "--seeds",
         metavar="LIST",
         help="train one run per seed, one after another, into OUT/seed-S (each what --seed S "
         "--out OUT/seed-S makes), then OUT/summary.json and a table with mean ± std: "
         "0,1,2, a range 0-4, or both: 0-2,7; --resume OUT continues the unfinished seeds",
     )
-    t.add_argument(
+    g.add_argument(
         "--overwrite",
         action="store_true",
         help="start a new run in an --out that already holds one, deleting the old run's files",
     )
-    add_device_flag(t)
-    t.add_argument("--quiet", action="store_true", help="print only errors and the summary")
-    t.add_argument(
+    g.add_argument("--quiet", action="store_true", help="print only errors and the summary")
+    g.add_argument(
         "--log-every",
         type=int,
         default=0,
@@ -67,26 +82,22 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="when stdout is not a terminal (a log file, a cluster job), print a progress line "
         "every this many steps (default: every 10%% of an epoch, and at least every 30 s)",
     )
-    t.add_argument(
+    g.add_argument(
         "--tensorboard",
         action="store_true",
         help="log every epoch's figures and "
         "the learning rate to RUN/tensorboard (pip install 'cifar-resnet[tensorboard]')",
     )
-    t.add_argument(
+    g.add_argument(
         "--no-report",
         action="store_true",
         help="skip the PNG plots and report.md "
         "written after training (they need matplotlib: pip install "
         "'cifar-resnet[report]')",
     )
-    _add_dist_flags(t)
-    add_config_flags(t)
-    t.set_defaults(func=run)
-    return t
 
 
-def _add_dist_flags(t: argparse.ArgumentParser) -> None:
+def _add_dist_flags(t) -> None:
     t.add_argument(
         "--dist-backend",
         default="auto",
@@ -99,7 +110,7 @@ def _add_dist_flags(t: argparse.ArgumentParser) -> None:
         default=600.0,
         metavar="SECONDS",
         help="with torchrun: how long a rank waits for the others before the job "
-        "fails (a dead rank ends the job instead of hanging it)",
+        "fails (a dead rank ends the job instead of hanging it; default: 600)",
     )
 
 
