@@ -14,6 +14,7 @@ of it. Two ranks at batch 128 therefore see the same images per step as one proc
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -205,6 +206,19 @@ def downscale(x: torch.Tensor, size: int) -> torch.Tensor:
     )
 
 
+def _placement(splits: RunSplits, runtime: Runtime) -> dict[str, Any]:
+    """Where and how a run's loaders hand out batches: normalised with the run's statistics,
+    this process's shard, on its device, in its memory layout."""
+    return dict(
+        mean=splits.mean,
+        std=splits.std,
+        device=runtime.device,
+        channels_last=runtime.channels_last,
+        rank=runtime.rank,
+        world_size=runtime.world_size,
+    )
+
+
 def train_loader(splits: RunSplits, config: TrainConfig, runtime: Runtime) -> DeviceLoader:
     """The run's training loader: its training images, shuffled and augmented as ``config``
     says, normalised with the run's statistics, this process's shard on its device."""
@@ -212,18 +226,13 @@ def train_loader(splits: RunSplits, config: TrainConfig, runtime: Runtime) -> De
         splits.train.images,
         splits.train.labels,
         config.batch_size,
-        device=runtime.device,
         train=True,
         padding=config.padding,
         pad_mode=config.pad_mode,
         flip=config.flip,
         alt_flip=config.alt_flip,
-        mean=splits.mean,
-        std=splits.std,
         seed=config.seed,
-        channels_last=runtime.channels_last,
-        rank=runtime.rank,
-        world_size=runtime.world_size,
+        **_placement(splits, runtime),
     )
 
 
@@ -231,14 +240,7 @@ def eval_loaders(
     splits: RunSplits, config: TrainConfig, runtime: Runtime
 ) -> tuple[DeviceLoader, DeviceLoader | None]:
     """The run's test loader and its validation loader (None without a validation split)."""
-    kw = dict(
-        mean=splits.mean,
-        std=splits.std,
-        device=runtime.device,
-        channels_last=runtime.channels_last,
-        rank=runtime.rank,
-        world_size=runtime.world_size,
-    )
+    kw = _placement(splits, runtime)
     test = eval_loader(splits.test.images, splits.test.labels, config.eval_batch_size, **kw)
     if splits.val is None:
         return test, None
