@@ -15,6 +15,7 @@ _LAZY = {
     "fit": "train",
     "fit_seeds": "seeds",
     "load_data": "data",
+    "tune": "tune",
 }
 
 __all__ = ["PRESETS", "TrainConfig", "resolve_config", "CifarResnetError", *_LAZY]
