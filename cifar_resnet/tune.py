@@ -173,6 +173,8 @@ def new_spec(
 
 
 def _device_type(device: str) -> str:
+    if device == "cpu":  # without importing torch
+        return "cpu"
     from .runtime import resolve_device
 
     return resolve_device(device).type
@@ -200,16 +202,17 @@ def _check_data(data, data_dir, cache_dir, base: TrainConfig, val_split: int) ->
 
 
 def _open(study_dir: Path, spec: dict[str, Any]):
-    """The study's storage reached and the study created or joined, before any worker starts;
-    then the spec written."""
+    """The study's storage reached (before the study folder is made, unless the storage is the
+    folder's own SQLite file) and the study created or joined; then the spec written."""
+    inside = spec["storage"] == storage_url(None, study_dir)
+    storage = None if inside else open_storage(spec["storage"])
     try:
-        study_dir.mkdir(parents=True, exist_ok=True)
-        (study_dir / "trials").mkdir(exist_ok=True)
+        (study_dir / "trials").mkdir(parents=True, exist_ok=True)
     except OSError as e:
         from .errors import OutputError
 
         raise OutputError(f"cannot create the study folder {study_dir}: {e.strerror}") from None
-    study = load_study(spec, open_storage(spec["storage"]))
+    study = load_study(spec, storage or open_storage(spec["storage"]))
     join_study(study, spec)
     write_spec(study_dir, spec)
     return study

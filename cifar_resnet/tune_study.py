@@ -33,9 +33,10 @@ CHANGEABLE = ("trials", "jobs", "final_seeds")
 
 
 def optuna():
-    """Optuna, quiet: its INFO lines and experimental-feature warnings are ours to print."""
+    """Optuna, quiet: what its log says of trials (a failed one with a traceback) and its
+    experimental-feature warnings are ours to say, in one line each."""
     module = require("optuna", "tune")
-    module.logging.set_verbosity(module.logging.WARNING)
+    module.logging.set_verbosity(module.logging.ERROR)
     warnings.filterwarnings("ignore", category=module.exceptions.ExperimentalWarning)
     return module
 
@@ -136,9 +137,10 @@ def open_storage(url: str, heartbeat: int = 0, retry_failed: int = 0):
             url, engine_kwargs={"connect_args": connect, "pool_pre_ping": True}, **kw
         )
     except ImportError as e:
+        driver = getattr(e.__cause__, "name", None) or e.name or "for it"
         raise UsageError(
-            f"--storage {shown} needs the database driver {e.name or e}; install it (PostgreSQL: "
-            "pip install psycopg2-binary, MySQL: pip install pymysql)"
+            f"--storage {shown} needs the database driver {driver}; install it (postgresql://: "
+            "pip install 'psycopg[binary]', mysql://: pip install mysqlclient)"
         ) from None
     except Exception as e:  # SQLAlchemy's errors: a bad URL, a server that does not answer
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]

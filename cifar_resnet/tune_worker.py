@@ -97,7 +97,7 @@ def worker_main(study_dir: str, index: int, jobs: int, quiet: bool, conn) -> Non
     """A worker process (multiprocessing target): its outcome goes back through ``conn`` as
     (kind, exit code, message)."""
     os.setsid()  # the terminal's Ctrl-C reaches the tune process, which passes it on once
-    _die_with_parent()
+    die_with_parent()
     from .tune_study import read_spec
 
     w = Worker(Path(study_dir), read_spec(study_dir), index, cpu_share(index, jobs), quiet)
@@ -114,12 +114,24 @@ def worker_main(study_dir: str, index: int, jobs: int, quiet: bool, conn) -> Non
         conn.close()
 
 
-def _die_with_parent() -> None:
-    """Linux: end this process with SIGTERM when its parent dies (even by kill -9)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
+def die_with_parent() -> None:
+    """Linux: get one SIGTERM when the parent process dies, even by kill -9. The kernel sends
+    its parent-death signal each time a thread of the parent that holds the child exits (the
+    child passes from thread to thread), so it comes as SIGUSR1, turned here into one SIGTERM:
+    a second SIGTERM would stop a training at once, without saving."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    fired: list[bool] = []
+
+    def once(signum, frame):
+        if not fired:
+            fired.append(True)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGUSR1, once)
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGUSR1)  # PR_SET_PDEATHSIG
 
 
 def run_worker(w: Worker) -> None:

@@ -2,21 +2,19 @@
 
 It is ``cifar-resnet`` itself, with two things set first: the process gets SIGTERM when its
 worker dies, even by ``kill -9`` (Linux PR_SET_PDEATHSIG; the run saves and exits 130 as on
-any SIGTERM, instead of training on unwatched), and it runs on the worker's share of the cores
+one SIGTERM, instead of training on unwatched), and it runs on the worker's share of the cores
 (``CIFAR_RESNET_TRIAL_CPUS``)."""
 
 from __future__ import annotations
 
 import os
-import signal
 import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    if sys.platform.startswith("linux"):
-        import ctypes
+    from ..tune_worker import die_with_parent
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    die_with_parent()
     parent = os.environ.get("CIFAR_RESNET_TUNE_PARENT")
     if parent and os.getppid() != int(parent):  # the worker died before the line above
         return 130
