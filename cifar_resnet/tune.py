@@ -118,7 +118,6 @@ def _check_same(old: dict[str, Any], new: dict[str, Any], study_dir: Path) -> No
             f"{study_dir} holds a study of another recipe or search ({', '.join(differ)} "
             f"differ); continue it with `{RESUME_COMMAND} {study_dir}`, or choose a new --out"
         )
-    new["storage"] = old["storage"]
 
 
 def new_spec(

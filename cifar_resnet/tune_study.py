@@ -30,6 +30,8 @@ CONNECT_TIMEOUT = 5  # seconds to reach a database server before giving up
 SQLITE_TIMEOUT = 60  # seconds a worker waits for another's write to the SQLite file
 # The spec's fields that a continued study may change; the rest must match.
 CHANGEABLE = ("trials", "jobs", "final_seeds")
+# Where each machine finds things: machines joining one study may differ in these.
+MACHINE_LOCAL = ("storage", "data", "data_dir", "cache_dir")
 
 
 def optuna():
@@ -68,10 +70,10 @@ def write_spec(study_dir: Path, spec: dict[str, Any]) -> None:
     write_text_atomic(spec_path(study_dir), json.dumps(spec, indent=2) + "\n")
 
 
-def same_study(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """The spec fields in which ``new`` differs from the recorded ``old`` (changeable ones and
-    the storage's own address aside)."""
-    skip = {*CHANGEABLE, "storage"}
+def same_study(old: dict[str, Any], new: dict[str, Any], skip: tuple[str, ...] = ()) -> list[str]:
+    """The spec fields in which ``new`` differs from the recorded ``old`` (the changeable ones
+    and ``skip`` aside)."""
+    skip = (*CHANGEABLE, *skip)
     return sorted(k for k in set(old) | set(new) if k not in skip and old.get(k) != new.get(k))
 
 
@@ -240,12 +242,12 @@ def load_study(spec: dict[str, Any], storage):
 
 def join_study(study, spec: dict[str, Any]) -> None:
     """Record the spec in a new study; refuse to join one that searches something else."""
-    mine = {k: v for k, v in spec.items() if k not in (*CHANGEABLE, "storage")}
+    mine = {k: v for k, v in spec.items() if k not in (*CHANGEABLE, *MACHINE_LOCAL)}
     theirs = study.user_attrs.get("cifar_resnet")
     if theirs is None:
         study.set_user_attr("cifar_resnet", mine)
         return
-    differ = same_study(theirs, mine)
+    differ = same_study(theirs, mine, MACHINE_LOCAL)
     if differ:
         raise UsageError(
             f"study {spec['study_name']!r} in that storage searches another recipe or space "

@@ -233,7 +233,7 @@ def _train(trial, w: Worker, folder: Path, command: list[str], values: dict) -> 
             w.child = None
     seconds = time.perf_counter() - started
     trial.set_user_attr("seconds", round(seconds, 1))
-    trial.set_user_attr("epochs", len(_val_rows(folder)))
+    trial.set_user_attr("epochs", len(_rows(folder)))
     if pruned is not None:
         trial.set_user_attr("pruned_at_epoch", pruned)
         _say(w, f"trial {trial.number} pruned after epoch {pruned} ({_show(values)})")
@@ -262,14 +262,18 @@ def _watch(trial, w: Worker, folder: Path) -> tuple[float | None, int | None]:
         time.sleep(POLL_SECONDS)
 
 
-def _val_rows(folder: Path) -> list[tuple[int, float]]:
-    """(epoch, val_acc) of every evaluated epoch in the run's metrics.csv (written atomically)."""
+def _rows(folder: Path) -> list[dict[str, str]]:
+    """The run's metrics.csv (written atomically: never half a file), a row per epoch."""
     try:
         text = (folder / "metrics.csv").read_text()
     except FileNotFoundError:
         return []
-    rows = csv.DictReader(text.splitlines())
-    return [(int(r["epoch"]), float(r["val_acc"])) for r in rows if r.get("val_acc")]
+    return list(csv.DictReader(text.splitlines()))
+
+
+def _val_rows(folder: Path) -> list[tuple[int, float]]:
+    """(epoch, val_acc) of every evaluated epoch."""
+    return [(int(r["epoch"]), float(r["val_acc"])) for r in _rows(folder) if r.get("val_acc")]
 
 
 def _outcome(trial, w, folder, code, last, values, seconds) -> float:

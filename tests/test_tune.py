@@ -320,3 +320,9 @@ def test_unreachable_storage_is_one_line_within_seconds(data, tmp_path, capsys, 
         assert "cannot reach the study's storage" in line and "secret" not in line
         assert not out.exists()
     silent.close()
+
+
+def test_resume_refuses_flags_that_would_change_the_study(tmp_path, capsys):
+    result = cli(capsys, "tune", "--resume", tmp_path, "--lr", "0.2", "--param", "lr=0.1..1")
+    line = one_line_error(result, 2)
+    assert "drop --param, --lr" in line and "--trials" in line

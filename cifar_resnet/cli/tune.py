@@ -71,6 +71,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return t
 
 
+def recipe_flags(args: argparse.Namespace) -> dict:
+    """The recipe fields given as train flags (--val-split is the study's own)."""
+    return {k: v for k, v in flag_values(args).items() if k not in NOT_FLAGS}
+
+
 def _fields() -> list[str]:
     return [f.name for f in dataclasses.fields(TrainConfig)]
 
@@ -116,12 +121,29 @@ def _add_study_flags(t: argparse.ArgumentParser) -> None:
     )
 
 
+def _check_resume(args: argparse.Namespace) -> None:
+    """--resume continues the recorded study: a flag that would change it is refused."""
+    from ..errors import UsageError
+
+    if not args.resume:
+        return
+    if args.out and args.resume != args.out:
+        raise UsageError("--resume STUDY continues in STUDY; drop --out or make them the same")
+    given = ["--" + f for f in ("data", "param", "space", "storage", "preset", "config")]
+    given = [f for f in given if getattr(args, f[2:])]
+    given += ["--" + f.replace("_", "-") for f in recipe_flags(args)]
+    if given:
+        raise UsageError(
+            f"--resume continues the study as it was recorded; drop {', '.join(given)} (it "
+            "takes --trials, --jobs, --final-seeds and --quiet), or start a new study with --out"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     from ..errors import UsageError
     from ..tune import tune
 
-    if args.resume and args.out and args.resume != args.out:
-        raise UsageError("--resume STUDY continues in STUDY; drop --out or make them the same")
+    _check_resume(args)
     out = args.resume or args.out
     if not out:
         raise UsageError("--out STUDY is required: the study folder")
@@ -132,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
         trials=args.trials,
         preset=args.preset,
         config_values=load_toml(args.config) if args.config else None,
-        overrides=flag_values(args),
+        overrides=recipe_flags(args),
         space=args.space,
         val_split=args.val_split,
         sampler=args.sampler,
