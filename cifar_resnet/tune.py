@@ -36,6 +36,7 @@ from .tune_study import (
     read_spec,
     same_study,
     storage_url,
+    study_storage,
     top_table,
     write_best,
     write_spec,
@@ -150,7 +151,7 @@ def new_spec(
     return {
         "version": SPEC_VERSION,
         "study_name": study_name or study_dir.resolve().name,
-        "storage": storage_url(storage, study_dir),
+        "storage": storage_url(storage),
         "data": _data_spec(data),
         "data_dir": data_dir,
         "cache_dir": cache_dir,
@@ -203,15 +204,15 @@ def _check_data(data, data_dir, cache_dir, base: TrainConfig, val_split: int) ->
 def _open(study_dir: Path, spec: dict[str, Any]):
     """The study's storage reached (before the study folder is made, unless the storage is the
     folder's own SQLite file) and the study created or joined; then the spec written."""
-    inside = spec["storage"] == storage_url(None, study_dir)
-    storage = None if inside else open_storage(spec["storage"])
+    url = study_storage(spec, study_dir)
+    storage = None if spec["storage"] is None else open_storage(url)
     try:
         (study_dir / "trials").mkdir(parents=True, exist_ok=True)
     except OSError as e:
         from .errors import OutputError
 
         raise OutputError(f"cannot create the study folder {study_dir}: {e.strerror}") from None
-    study = load_study(spec, storage or open_storage(spec["storage"]))
+    study = load_study(spec, storage or open_storage(url))
     join_study(study, spec)
     write_spec(study_dir, spec)
     return study

@@ -12,7 +12,15 @@ from typing import Any
 
 from .errors import require
 from .files import write_atomic, write_text_atomic
-from .tune_study import load_study, open_storage, optuna, params_of, read_spec, top_table
+from .tune_study import (
+    load_study,
+    open_storage,
+    optuna,
+    params_of,
+    read_spec,
+    study_storage,
+    top_table,
+)
 
 DPI = 100
 SIZE = (7, 4)  # inches
@@ -84,7 +92,7 @@ def write_study_report(study_dir: str | os.PathLike) -> list[Path]:
     require("matplotlib", "report")
     study_dir = Path(study_dir)
     spec = read_spec(study_dir)
-    study = load_study(spec, open_storage(spec["storage"]))
+    study = load_study(spec, open_storage(study_storage(spec, study_dir)))
     trials = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
     written: list[Path] = []
     head, *table = top_table(study, spec)

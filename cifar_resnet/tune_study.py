@@ -105,14 +105,19 @@ def _hide_password(url: str) -> str:
         return url
 
 
-def storage_url(storage: str | None, study_dir: Path) -> str:
-    """``--storage`` as recorded: an RDB URL, an absolute journal-file path, or the default
-    SQLite file inside the study folder."""
+def storage_url(storage: str | None) -> str | None:
+    """``--storage`` as recorded: an RDB URL, an absolute journal-file path, or None for the
+    default, the SQLite file inside the study folder (wherever the folder is moved)."""
     if not storage:
-        return "sqlite:///" + str((study_dir / "study.db").absolute())
+        return None
     if "://" in storage:
         return storage
     return str(Path(storage).expanduser().absolute())
+
+
+def study_storage(spec: dict[str, Any], study_dir: str | os.PathLike) -> str:
+    """Where the study's trials are: its ``--storage``, or STUDY/study.db."""
+    return spec["storage"] or "sqlite:///" + str((Path(study_dir) / "study.db").absolute())
 
 
 def open_storage(url: str, heartbeat: int = 0, retry_failed: int = 0):

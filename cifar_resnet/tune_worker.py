@@ -36,6 +36,7 @@ from .tune_study import (
     open_storage,
     optuna,
     params_of,
+    study_storage,
     trial_config,
 )
 
@@ -137,7 +138,8 @@ def die_with_parent() -> None:
 def run_worker(w: Worker) -> None:
     """Take trials until the study has its total (finished or pruned, and running ones)."""
     spec = w.spec
-    storage = open_storage(spec["storage"], spec["heartbeat"], spec["retry_failed"])
+    url = study_storage(spec, w.study_dir)
+    storage = open_storage(url, spec["heartbeat"], spec["retry_failed"])
     study = load_study(spec, storage)
     join_study(study, spec)
     w.params = params_of(spec)

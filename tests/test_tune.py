@@ -224,6 +224,7 @@ def test_kill_9_and_ctrl_c_then_resume_and_final_seeds(data, env, tmp_path, caps
     out = tmp_path / "study"
     # Long trials (20 epochs), so that a worker can be killed mid-trial.
     cmd = tune_cmd(data, out, "--trials", 3, "--jobs", 2, "--heartbeat", 1, "--epochs", 20)
+    cmd += ["--retry-failed", "1"]  # a trial whose worker dies is run again, once
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
     killed, pid = _wait_for(lambda: _running_trial(out))
     os.kill(pid, signal.SIGKILL)
@@ -258,6 +259,7 @@ def test_kill_9_and_ctrl_c_then_resume_and_final_seeds(data, env, tmp_path, caps
     assert after[killed].state.name == "FAIL" and after[stopped].state.name == "FAIL"
     assert not after[killed].user_attrs.get("interrupted")  # the heartbeat's verdict
     assert any(t.params == trials[stopped].params for t in finished)  # the stopped point
+    assert any(t.params == trials[killed].params for t in finished)  # --retry-failed 1
     for number, (state, params, value) in before.items():
         if number not in (killed, stopped) and state in ("COMPLETE", "PRUNED"):
             assert (after[number].state.name, after[number].params, after[number].value) == (
