@@ -61,6 +61,7 @@ def tune(
     val_split: int = 5000,
     sampler: str = "tpe",
     pruner: str = "auto",
+    pruner_startup: int = 5,
     storage: str | None = None,
     study_name: str | None = None,
     jobs: int | None = None,
@@ -87,6 +88,7 @@ def tune(
             overrides, val_split, sampler, pruner, storage, study_name, jobs or 1, heartbeat,
             retry_failed, device, data_dir, cache_dir, final_seeds,
         )  # fmt: skip
+        spec["pruner_startup"] = pruner_startup
         if is_study(study_dir):
             _check_same(read_spec(study_dir), spec, study_dir)
     _check_counts(spec)
@@ -101,9 +103,10 @@ def _changes(trials, jobs, final_seeds) -> dict[str, Any]:
 
 
 def _check_counts(spec: dict[str, Any]) -> None:
-    for name, top in (("trials", MAX_TRIALS), ("jobs", MAX_JOBS), ("final_seeds", 1000)):
+    limits = (("trials", MAX_TRIALS), ("jobs", MAX_JOBS), ("final_seeds", 1000))
+    for name, top in (*limits, ("pruner_startup", MAX_TRIALS), ("retry_failed", 1000)):
         value = spec.get(name, 0)
-        least = 0 if name == "final_seeds" else 1
+        least = 1 if name in ("trials", "jobs") else 0
         if not isinstance(value, int) or not least <= value <= top:
             raise UsageError(
                 f"--{name.replace('_', '-')} must be from {least} to {top}, got {value}"

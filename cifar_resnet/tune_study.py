@@ -194,8 +194,8 @@ def make_sampler(spec: dict[str, Any]):
 
 def make_pruner(spec: dict[str, Any]):
     op, name = optuna(), spec["pruner"]
-    if name == "median":
-        return op.pruners.MedianPruner()
+    if name == "median":  # prunes below the median of the finished trials at that epoch
+        return op.pruners.MedianPruner(n_startup_trials=spec.get("pruner_startup", 5))
     if name == "halving":
         return op.pruners.SuccessiveHalvingPruner()
     return op.pruners.NopPruner()

@@ -214,7 +214,8 @@ def trial_command(spec: dict[str, Any], folder: Path) -> list[str]:
 def _child_env(w: Worker) -> dict[str, str]:
     env = dict(os.environ, CIFAR_RESNET_TUNE_PARENT=str(os.getpid()))
     if w.cpus:
-        threads = str(len(w.cpus))
+        given = os.environ.get("OMP_NUM_THREADS", "")  # the user's limit, if lower, holds
+        threads = str(min(len(w.cpus), int(given) if given.isdigit() and int(given) else 9999))
         env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
         env["CIFAR_RESNET_TRIAL_CPUS"] = ",".join(map(str, w.cpus))
     return env

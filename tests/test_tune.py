@@ -169,6 +169,7 @@ def postgres():
 
 def test_two_commands_join_one_study_on_postgresql(data, env, tmp_path, postgres):
     out = tmp_path / "shared-study"  # as a SLURM array on a shared file system
+    env = dict(env, OMP_NUM_THREADS="1")  # two commands on one machine: a core each
     cmd = tune_cmd(data, out, "--trials", 4, "--storage", postgres, "--study-name", "pg")
     first = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True
@@ -328,3 +329,33 @@ def test_resume_refuses_flags_that_would_change_the_study(tmp_path, capsys):
     result = cli(capsys, "tune", "--resume", tmp_path, "--lr", "0.2", "--param", "lr=0.1..1")
     line = one_line_error(result, 2)
     assert "drop --param, --lr" in line and "--trials" in line
+
+
+def test_a_trial_behind_the_median_is_pruned_and_its_run_saved(
+    tiny_folder, tmp_path, env, monkeypatch
+):
+    """Two trials queued in order: lr 0.05 reaches 100% validation after epoch 1 on these
+    images, lr 1e-9 stays at 50% (bitwise reproducible runs, checked); with --pruner-startup 1
+    the second is behind the first's median and is stopped after its first epoch."""
+    monkeypatch.setenv("CIFAR_RESNET_CACHE", env["CIFAR_RESNET_CACHE"])
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    out = tmp_path / "study"
+    out.mkdir()
+    queued = optuna.create_study(
+        study_name="study", storage=f"sqlite:///{out / 'study.db'}", direction="maximize"
+    )
+    queued.enqueue_trial({"lr": 0.05, "epochs": 2})
+    queued.enqueue_trial({"lr": 1e-9, "epochs": 100})  # long: it is still running when judged
+    recipe = {"batch_size": 4, "precision": "fp32", "deterministic": True}
+    space = ["lr=1e-9..0.1:log", "epochs=2|100"]
+    study = cifar_resnet.tune(tiny_folder, out, space, trials=2, val_split=16,
+                              pruner="median", pruner_startup=1, overrides=recipe, device="cpu",
+                              quiet=True)  # fmt: skip
+    first, second = study.get_trials()
+    assert first.state.name == "COMPLETE" and first.intermediate_values[1] == 100.0
+    assert second.state.name == "PRUNED" and second.user_attrs["pruned_at_epoch"] == 1
+    assert second.intermediate_values == {1: 50.0}
+    folder = out / "trials" / "0001"
+    assert "stopped by signal 15" in (folder / "train.log").read_text()  # saved, then stopped
+    assert list((folder / "checkpoints").glob("*.pt"))
+    assert not (folder / "summary.json").exists()

@@ -63,6 +63,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "(successive halving); auto: median when the recipe evaluates every epoch or few, "
         "else none",
     )
+    t.add_argument(
+        "--pruner-startup",
+        type=int,
+        default=5,
+        metavar="N",
+        help="median pruner: trials that finish before it judges the others (default: 5)",
+    )
     _add_study_flags(t)
     add_device_flag(t)
     t.add_argument("--quiet", action="store_true", help="print only errors")
@@ -162,6 +169,7 @@ def run(args: argparse.Namespace) -> int:
         val_split=args.val_split,
         sampler=args.sampler,
         pruner=args.pruner,
+        pruner_startup=args.pruner_startup,
         storage=args.storage,
         study_name=args.study_name,
         jobs=args.jobs,
