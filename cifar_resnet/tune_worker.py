@@ -147,9 +147,12 @@ def run_worker(w: Worker) -> None:
     heartbeat = has_heartbeat(storage)
     while w.signum is None:
         _take_slot(w)
+        if w.signum is not None:  # came while this worker waited for the slot
+            break
         if heartbeat:
             op.storages.fail_stale_trials(study)
         c = counts(study)
+        _check_failures(c.get("fail", 0), spec["trials"])
         taken = c.get("complete", 0) + c.get("pruned", 0) + c.get("running", 0)
         if taken >= spec["trials"]:
             w.release()
@@ -162,6 +165,16 @@ def run_worker(w: Worker) -> None:
         finally:
             w.release()
     raise TrialStopped
+
+
+def _check_failures(failed: int, trials: int) -> None:
+    """A study whose trials keep failing (diverging) would sample for ever: stop it."""
+    if failed >= 2 * trials + 5:
+        raise StudyError(
+            f"{failed} trials have failed (diverged or stopped; see their train.log); narrow "
+            "the search space (a lower lr range?) and continue with tune --resume",
+            EXIT_DIVERGED,
+        )
 
 
 def _take_slot(w: Worker) -> None:
