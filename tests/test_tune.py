@@ -1,7 +1,7 @@
 """tune: a study of real `train` runs on tiny data. Six trials with --jobs 2 on the default
 SQLite storage whose best.toml re-trains to the recorded accuracy; two tune commands joining
-one study on a real PostgreSQL server; kill -9 of a worker and Ctrl-C, then --resume and the
-final seeds; bad input as one line before any trial runs."""
+one study on a real PostgreSQL server; kill -9 of a worker and Ctrl-C, then --resume; a trial
+pruned, then the final seeds; bad input as one line before any trial runs."""
 
 import fcntl
 import json
