@@ -10,7 +10,7 @@ import sys
 
 from .. import __version__
 from ..errors import EXIT_INTERRUPTED, EXIT_PIPE, CifarResnetError, Interrupted
-from . import evaluate, export, info, predict, report, train
+from . import evaluate, export, info, predict, report, train, tune
 from .flags import Parser
 
 
@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"cifar-resnet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for command in (train, evaluate, report, predict, export):
+    for command in (train, evaluate, report, predict, export, tune):
         command.add_parser(sub)
     info.add_parsers(sub)
     return parser

@@ -13,7 +13,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="plots and report.md for a run (needs matplotlib)",
         description="Write curves.png and report.md into a run folder; with --data also the "
         "confusion matrix, per-class accuracy and the most confidently wrong test images. "
-        "A multi-seed folder (train --seeds) gets every seed's report and seeds.png.",
+        "A multi-seed folder (train --seeds) gets every seed's report and seeds.png; a tuning "
+        "study (tune --out STUDY) its optimisation history, importances and slice plots.",
     )
     p.add_argument("run_dir", metavar="RUN_DIR")
     # Without --data, curves only.
@@ -29,6 +30,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..tune_study import is_study
+
+    if is_study(args.run_dir):  # a tuning study: its history, importances and slices
+        from ..tune_report import write_study_report
+
+        for path in write_study_report(args.run_dir):
+            print(f"wrote {path}")
+        return 0
     # Imported here: the parser is built before torch is imported, and these import torch.
     from ..checkpoint import resolve_checkpoint
     from ..report import check_run, write_report
