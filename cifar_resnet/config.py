@@ -26,6 +26,8 @@ NORMALIZATIONS = ("half", "dataset", "imagenet")
 FLOAT_LISTS = ("mean", "std")  # list fields of floats (the other list fields hold ints)
 PAD_MODES = ("zeros", "reflect")
 MAX_IMAGE_SIZE = 1024  # pixels a side: memory grows with its square (N images held at once)
+MAX_PADDING = 64  # crop padding, pixels a side: each batch is held padded, (B, H+2P, W+2P, 3)
+MAX_CONFIG_BYTES = 1 << 20  # a --config file is read up to this size, never further
 MAX_LR = 1e4  # above this every recipe diverges at once; a bigger value is a typo
 
 
@@ -135,6 +137,11 @@ class TrainConfig:
                 raise UsageError(f"{name} must be zero or positive, got {getattr(self, name)}")
         if not 0 <= self.seed < 2**63:
             raise UsageError(f"seed must be an integer from 0 to 2**63-1, got {self.seed}")
+        if self.padding > MAX_PADDING:
+            raise UsageError(
+                f"padding {self.padding} is more than a random crop needs (at most "
+                f"{MAX_PADDING} pixels a side; the presets use 1 to 4)"
+            )
         if self.image_size > MAX_IMAGE_SIZE:
             raise UsageError(
                 f"image_size {self.image_size} is more than this trainer is for "
@@ -336,7 +343,13 @@ def load_toml(path: str) -> dict[str, Any]:
     """Read a TOML config file: top-level keys are TrainConfig fields (and ``preset``)."""
     try:
         with open(path, "rb") as f:
-            return tomllib.load(f)
+            data = f.read(MAX_CONFIG_BYTES + 1)  # bounded: --config /dev/zero ends here
+        if len(data) > MAX_CONFIG_BYTES:
+            raise UsageError(
+                f"config file {path} is larger than {MAX_CONFIG_BYTES >> 20} MiB; a recipe is a "
+                "few lines of TOML: pass the right file"
+            )
+        return tomllib.loads(data.decode("utf-8"))
     except FileNotFoundError:
         raise UsageError(f"config file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as e:

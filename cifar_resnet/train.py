@@ -83,7 +83,7 @@ def fit(
             progress = _is_terminal()
         _plan(run)
         _write_run_files(run, bundle.source)
-        train_epochs(run, progress)
+        _train(run, progress)
         summary = _finish(run)
         # The run (its DDP model holds the process group) is released, and every rank has
         # finished, before the group is destroyed: a gloo group torn down while a peer's
@@ -103,6 +103,22 @@ def fit(
     finally:
         folder.unlock()
         distributed.cleanup()
+
+
+def _train(run: Run, progress: bool) -> None:
+    """The epochs; a batch whose BatchNorm sees one value per channel (one image reaching a
+    1x1 feature map: batch 1, or a last partial batch of one image) is a one-line error."""
+    try:
+        train_epochs(run, progress)
+    except ValueError as e:
+        if "Expected more than 1 value per channel" not in str(e):
+            raise
+        side = int(run.splits.train.images.shape[1])
+        raise UsageError(
+            f"a training batch of one {side}x{side} image reaches a 1x1 feature map, where "
+            "BatchNorm needs 2 values: use --batch-size >= 2 that does not leave one image "
+            "over (or --limit-train), or a larger --image-size"
+        ) from None
 
 
 def _is_terminal() -> bool:
