@@ -30,7 +30,7 @@ from typing import Any
 
 from .config import TrainConfig, config_to_toml
 from .errors import OutputError, RunLockedError, UsageError, require
-from .files import is_temp_name, refuse_symlink, remove_stale_temps, write_text_atomic
+from .files import is_temp_name, remove_stale_temps, write_text_atomic
 
 METRIC_FIELDS = [
     "epoch",
@@ -208,7 +208,6 @@ class RunDir:
         require("tensorboard", "tensorboard")
         from torch.utils.tensorboard import SummaryWriter
 
-        refuse_symlink(self.path / "tensorboard")
         self.record(self.path / "tensorboard")
         return SummaryWriter(str(self.path / "tensorboard"))
 
@@ -272,7 +271,7 @@ FIELD_CHECKS = {"summary.json": _SUMMARY, "run.json": _RUN}
 
 def read_json(path: str | os.PathLike) -> dict[str, Any]:
     """A run's JSON file, or {} when it is missing or unreadable; in summary.json and run.json
-    a field of the wrong type is left out (:data:`FIELD_CHECKS`)."""
+    a field of the wrong type is left out (:data:`FIELD_CHECKS`; null is kept: not measured)."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -280,7 +279,7 @@ def read_json(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(data, dict):
         return {}
     checks = FIELD_CHECKS.get(Path(path).name, {})
-    return {k: v for k, v in data.items() if k not in checks or checks[k](v)}
+    return {k: v for k, v in data.items() if k not in checks or v is None or checks[k](v)}
 
 
 def _cell(value: Any) -> float | None:

@@ -106,18 +106,16 @@ def fit(
 
 
 def _train(run: Run, progress: bool) -> None:
-    """The epochs; a batch whose BatchNorm sees one value per channel (one image reaching a
-    1x1 feature map: batch 1, or a last partial batch of one image) is a one-line error."""
+    """The epochs; one image reaching a 1x1 map (BatchNorm's ValueError) is one line."""
     try:
         train_epochs(run, progress)
     except ValueError as e:
         if "Expected more than 1 value per channel" not in str(e):
             raise
-        side = int(run.splits.train.images.shape[1])
         raise UsageError(
-            f"a training batch of one {side}x{side} image reaches a 1x1 feature map, where "
-            "BatchNorm needs 2 values: use --batch-size >= 2 that does not leave one image "
-            "over (or --limit-train), or a larger --image-size"
+            "a training batch of one image reaches a 1x1 feature map, where BatchNorm needs 2 "
+            "values: use a --batch-size >= 2 that leaves no single image over, or a larger "
+            "--image-size"
         ) from None
 
 
@@ -290,6 +288,7 @@ def _plan(run: Run) -> None:
     t0 = time.perf_counter()
     if run.main:
         probe_path = run.folder.path / ".budget-probe.pt"
+        run.folder.record(probe_path)
         ckpt_io.save_checkpoint(make_run_checkpoint(run), probe_path)
         probe_path.unlink()
     save_s = distributed.all_sum([time.perf_counter() - t0], run.runtime.device)[0]
