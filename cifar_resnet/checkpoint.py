@@ -223,7 +223,15 @@ def load_weights(module: torch.nn.Module, state: dict[str, Any], what: str) -> N
     """``load_state_dict`` strictly, every tensor checked first (shape, dtype, layout,
     finite: :func:`tensorcheck.check_tensors`); a mismatch is one line naming the first keys
     concerned."""
-    check_tensors(state, module.state_dict(), what, exact_dtype=False)
+    template = module.state_dict()
+    if isinstance(state, dict) and set(state) != set(template):  # names first: the clearer
+        missing = [k for k in template if k not in state][:3]
+        unexpected = [str(k) for k in state if k not in template][:3]
+        raise CheckpointError(
+            f"{what} does not fit the model (missing keys: {', '.join(missing) or 'none'}; "
+            f"unexpected keys: {', '.join(unexpected) or 'none'})"
+        )
+    check_tensors(state, template, what, exact_dtype=False)
     try:
         module.load_state_dict(state)
     except (RuntimeError, TypeError, KeyError, AttributeError) as e:
