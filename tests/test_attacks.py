@@ -543,7 +543,7 @@ def test_a_trickling_server_is_cut_off_at_the_deadline(tmp_path):
         t0 = time.monotonic()
         r = run("train", "--data", "cifar10", "--data-dir", tmp_path, "--out", tmp_path / "r",
                 *QUICK, env={"CIFAR_RESNET_CIFAR10_URL": url,
-                             "CIFAR_RESNET_DOWNLOAD_TIMEOUT": "2"})  # fmt: skip
+                             "CIFAR_RESNET_DOWNLOAD_TIMEOUT": "2"}, timeout=120)  # fmt: skip
         assert "deadline" in one_line_error(r, EXIT_DATA)
         assert time.monotonic() - t0 < 60
         assert not list(tmp_path.glob("*.part")) and not list(tmp_path.glob(".*.part"))
