@@ -102,7 +102,7 @@ def _first_momentum(ckpt):
             "strides",
         ),
         (lambda c: c["model"]["linear.weight"].fill_(float("nan")), "non-finite"),
-        (lambda c: c["ema"].update({"linear.bias": torch.zeros(7)}), "EMA"),
+        (lambda c: c["ema"]["linear.bias"].fill_(float("inf")), "EMA"),
         (lambda c: c["lookahead"].update({"0": torch.zeros(2, 2)}), "lookahead"),
         (lambda c: c["rng"].update(torch=torch.zeros(5, dtype=torch.uint8)), "RNG"),
         (lambda c: c["state"].update(epoch="x"), "'epoch'"),
