@@ -39,10 +39,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import TrainConfig, apply_overrides, resolve_config
+from .config import MAX_IMAGE_SIZE, TrainConfig, apply_overrides, resolve_config
 from .errors import CheckpointError, UsageError
 from .files import write_atomic
 from .models import ModelSpec, has_option_a
+from .tensorcheck import (
+    check_finite,
+    check_normalisation,
+    check_rng,
+    check_state,
+    check_tensors,
+)
+from .tensorcheck import validate_resume as validate_resume  # resuming's check, before loading
 
 FORMAT = "cifar-resnet"
 CHECKPOINT_VERSION = 2
@@ -103,7 +111,9 @@ def make_checkpoint(
 
 def save_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write atomically (a temporary file, fsync, rename): a crash or a full disk leaves the
-    previous file intact and no partial one; either is a one-line OutputError."""
+    previous file intact and no partial one; either is a one-line OutputError. A checkpoint
+    holding a non-finite tensor (a diverged run) is never written: DivergedError."""
+    check_finite(ckpt)
 
     def write(tmp: Path) -> None:
         try:
@@ -170,8 +180,14 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"{', '.join(map(str, READABLE_VERSIONS))}: upgrade cifar-resnet to use it"
         )
     _check_fields(ckpt, FIELDS, path)
-    if len(ckpt["mean"]) != 3 or len(ckpt["std"]) != 3:
-        raise CheckpointError(f"{path} has a damaged normalisation (mean/std of 3 channels)")
+    check_normalisation(ckpt["mean"], ckpt["std"], str(path))
+    if not ckpt["classes"] or not all(isinstance(c, str) for c in ckpt["classes"]):
+        raise CheckpointError(f"{path} has a damaged class list (not a list of names)")
+    size = ckpt.get("input_size", 0)
+    if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_IMAGE_SIZE:
+        raise CheckpointError(
+            f"{path} has an input_size of {size!r:.20}, not 1 to {MAX_IMAGE_SIZE}; it is damaged"
+        )
     return ckpt
 
 
@@ -199,10 +215,23 @@ def check_resumable(ckpt: dict[str, Any], path: str | os.PathLike) -> None:
     rng = ckpt["rng"]
     if not all(k in rng for k in ("python", "numpy", "torch")):
         raise CheckpointError(f"{path} has an incomplete RNG state; it cannot be resumed exactly")
+    check_rng(rng, str(path))
+    check_state(ckpt["state"], str(path))
 
 
 def load_weights(module: torch.nn.Module, state: dict[str, Any], what: str) -> None:
-    """``load_state_dict`` strictly; a mismatch is one line naming the first keys concerned."""
+    """``load_state_dict`` strictly, every tensor checked first (shape, dtype, layout,
+    finite: :func:`tensorcheck.check_tensors`); a mismatch is one line naming the first keys
+    concerned."""
+    template = module.state_dict()
+    if isinstance(state, dict) and set(state) != set(template):  # names first: the clearer
+        missing = [k for k in template if k not in state][:3]
+        unexpected = [str(k) for k in state if k not in template][:3]
+        raise CheckpointError(
+            f"{what} does not fit the model (missing keys: {', '.join(missing) or 'none'}; "
+            f"unexpected keys: {', '.join(unexpected) or 'none'})"
+        )
+    check_tensors(state, template, what, exact_dtype=False)
     try:
         module.load_state_dict(state)
     except (RuntimeError, TypeError, KeyError, AttributeError) as e:

@@ -109,11 +109,20 @@ def preset_config(name: str, device_type: str | None = None) -> TrainConfig:
     return config
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a --config file is read up to this size, never further
+
+
 def load_toml(path: str) -> dict[str, Any]:
     """Read a TOML config file: top-level keys are TrainConfig fields (and ``preset``)."""
     try:
         with open(path, "rb") as f:
-            return tomllib.load(f)
+            data = f.read(MAX_CONFIG_BYTES + 1)  # bounded: --config /dev/zero ends here
+        if len(data) > MAX_CONFIG_BYTES:
+            raise UsageError(
+                f"config file {path} is larger than {MAX_CONFIG_BYTES >> 20} MiB; a recipe is a "
+                "few lines of TOML: pass the right file"
+            )
+        return tomllib.loads(data.decode("utf-8"))
     except FileNotFoundError:
         raise UsageError(f"config file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as e:

@@ -18,9 +18,9 @@ import torch.nn.functional as F
 
 from . import distributed
 from .checkpoint import build_model, checkpoint_config
-from .config import apply_overrides
+from .config import MAX_IMAGE_SIZE, apply_overrides
 from .data import CIFAR_SIDE, DataBundle, eval_split
-from .errors import DataError
+from .errors import CheckpointError, DataError
 from .loader import DeviceLoader, eval_loader
 
 Model = Callable[[torch.Tensor], torch.Tensor]
@@ -165,9 +165,12 @@ def module_forward(model: torch.nn.Module) -> Model:
 def checkpoint_image_size(ckpt: dict[str, Any]) -> int:
     """The side of the training images: --image-size, else the data's own size (recorded as
     ``input_size``), else 32 (CIFAR's)."""
-    return (
-        int(ckpt["config"].get("image_size") or 0) or int(ckpt.get("input_size", 0)) or CIFAR_SIDE
-    )
+    size = checkpoint_config(ckpt).image_size or int(ckpt.get("input_size", 0)) or CIFAR_SIDE
+    if not 1 <= size <= MAX_IMAGE_SIZE:  # bounded before any buffer of that side is made
+        raise CheckpointError(
+            f"the checkpoint's image size {size} is not 1 to {MAX_IMAGE_SIZE}; it is damaged"
+        )
+    return size
 
 
 def predictor_from_checkpoint(

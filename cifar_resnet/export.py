@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from .checkpoint import build_model, checkpoint_config, model_options, resolve_checkpoint
+from .config import MAX_IMAGE_SIZE
 from .data import CIFAR_SIDE, DataBundle, eval_split, subset
 from .errors import CheckpointError, OutputError, UsageError, require
 from .evaluate import (
@@ -41,7 +42,8 @@ from .evaluate import (
     module_forward,
     predictor_from_checkpoint,
 )
-from .files import write_atomic
+from .files import remove_stale_temps, write_atomic
+from .tensorcheck import check_normalisation
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 ONNX_OPSET = 17
@@ -83,15 +85,22 @@ def _from_metadata(meta: dict[str, str], where: str) -> dict[str, Any]:
             "normalisation); export it with `cifar-resnet export`"
         )
     try:
-        return {
+        info = {
             "classes": [str(c) for c in json.loads(meta["classes"])],
-            "mean": tuple(float(v) for v in json.loads(meta["mean"])),
-            "std": tuple(float(v) for v in json.loads(meta["std"])),
-            "model_name": meta["model_name"],
+            "mean": tuple(json.loads(meta["mean"])),
+            "std": tuple(json.loads(meta["std"])),
+            "model_name": str(meta["model_name"]),
             "image_size": int(meta.get("image_size") or CIFAR_SIDE),
         }
     except (KeyError, ValueError, TypeError) as e:
         raise CheckpointError(f"{where} has damaged cifar-resnet metadata ({e})") from None
+    check_normalisation(info["mean"], info["std"], f"{where}'s metadata")
+    if not 1 <= info["image_size"] <= MAX_IMAGE_SIZE or not info["classes"]:
+        raise CheckpointError(
+            f"{where} has damaged cifar-resnet metadata (image_size {info['image_size']}, not 1 "
+            f"to {MAX_IMAGE_SIZE}, or no class names)"
+        )
+    return info
 
 
 @contextmanager
@@ -107,12 +116,52 @@ def _no_deprecation_warnings() -> Iterator[None]:
 # Reading exported files.
 
 
+def _zip_names(path: Path) -> list[str]:
+    try:
+        with zipfile.ZipFile(path) as z:
+            return z.namelist()
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return []
+
+
 def _is_torchscript(path: Path) -> bool:
     """TorchScript archives hold ``code/`` and ``constants.pkl``; torch.save archives do not."""
-    if not zipfile.is_zipfile(path):
+    return any(n.endswith("/constants.pkl") or "/code/" in n for n in _zip_names(path))
+
+
+def _is_our_export(path: Path) -> bool:
+    """True for a file :func:`export_model` wrote (read without running or loading it whole)."""
+    if any(n.endswith(f"/extra/{METADATA_FILE}") for n in _zip_names(path)):
+        return True
+    try:
+        with open(path, "rb") as f:
+            if path.suffix.lower() == ".safetensors":
+                n = int.from_bytes(f.read(8), "little")
+                header = json.loads(f.read(min(n, 1 << 24)))
+                return header.get("__metadata__", {}).get("format") == METADATA_FORMAT
+            if path.suffix.lower() == ".onnx":
+                onnx = require("onnx", "export")
+                proto = onnx.load(str(path), load_external_data=False)
+                return any(
+                    p.key == "format" and p.value == METADATA_FORMAT for p in proto.metadata_props
+                )
+    except Exception:  # noqa: BLE001 - unreadable as an export: not one of ours
         return False
-    with zipfile.ZipFile(path) as z:
-        return any(n.endswith("/constants.pkl") or "/code/" in n for n in z.namelist())
+    return False
+
+
+def check_out(out: Path) -> None:
+    """``export --out``: never inside a run's checkpoints/ (it would count as a checkpoint),
+    never onto an existing file that export did not write (a checkpoint, anything else)."""
+    if out.parent.name == "checkpoints":
+        raise OutputError(f"--out {out} is in a run's checkpoints/ folder; write exports elsewhere")
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a folder; give a file name such as {out}/model.onnx")
+    if (out.exists() or out.is_symlink()) and (out.is_symlink() or not _is_our_export(out)):
+        raise OutputError(
+            f"--out {out} exists and is not a file `cifar-resnet export` wrote; export never "
+            "replaces other files: choose another --out or remove it"
+        )
 
 
 def _load_torchscript(path: Path) -> Predictor:
@@ -168,23 +217,35 @@ def _load_safetensors(path: Path) -> Predictor:
     return Predictor(module_forward(model), source=str(path), **info)
 
 
-def load_exported(path: str | os.PathLike) -> Predictor | None:
+def load_exported(path: str | os.PathLike, torchscript: bool = False) -> Predictor | None:
     """A predictor from a file written by :func:`export_model`, or None when ``path`` is not
     one (not a file, or neither ``.onnx``, ``.safetensors`` nor a TorchScript archive).
 
-    ONNX and safetensors files are told by their suffix, TorchScript by its contents (it may
-    share ``.pt`` with checkpoints). A damaged exported file is a one-line CheckpointError.
+    ONNX and safetensors files are told by their suffix. TorchScript is code: it is loaded
+    (and so run) only with ``torchscript=True`` (``predict --torchscript``); without it, a
+    TorchScript file is refused, never tried as weights or run as a fallback. A damaged
+    exported file is a one-line CheckpointError.
     """
     path = Path(path)
     if not path.is_file():
+        if torchscript:
+            raise CheckpointError(f"--torchscript {path}: no such file")
         return None
     suffix = path.suffix.lower()
+    is_torchscript = _is_torchscript(path)
+    if torchscript != is_torchscript:
+        raise CheckpointError(
+            f"{path} is a TorchScript file: it holds code, which predict runs only when asked; "
+            "pass --torchscript if you trust it"
+            if is_torchscript
+            else f"--torchscript: {path} is not a TorchScript file; drop --torchscript"
+        )
+    if torchscript:
+        return _load_torchscript(path)
     if suffix == ".onnx":
         return _load_onnx(path)
     if suffix == ".safetensors":
         return _load_safetensors(path)
-    if _is_torchscript(path):
-        return _load_torchscript(path)
     return None
 
 
@@ -306,8 +367,7 @@ def export_model(
         found, ckpt = resolve_checkpoint(target)
         source = str(found)
     out = Path(out)
-    if out.is_dir():
-        raise UsageError(f"--out {out} is a folder; give a file name such as {out}/model.{fmt}")
+    check_out(out)
     require_packages(fmt, check)
     model = build_model(ckpt, "cpu", where=source)
     size = checkpoint_image_size(ckpt)
@@ -333,6 +393,7 @@ def export_model(
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise OutputError(f"cannot write {out}: {e.strerror or e}; choose another --out") from None
+    remove_stale_temps(out.parent)  # an earlier export killed while writing
     write_atomic(out, write, "choose another --out")
     result["bytes"] = out.stat().st_size
     return result

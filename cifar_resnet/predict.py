@@ -30,18 +30,19 @@ from .evaluate import Predictor, predictor_from_checkpoint
 from .export import load_exported
 
 
-def load_predictor(target: str | os.PathLike | dict[str, Any] | Predictor) -> Predictor:
+def load_predictor(
+    target: str | os.PathLike | dict[str, Any] | Predictor, torchscript: bool = False
+) -> Predictor:
     """A predictor from a :class:`Predictor` (returned as is), a loaded checkpoint dict, a run
-    folder (its newest valid checkpoint), a checkpoint file, or an exported file.
-
-    A file's kind is read from its contents, not its name, except ``.onnx`` and
-    ``.safetensors`` (see :func:`cifar_resnet.export.load_exported`).
+    folder (its newest valid checkpoint), a checkpoint file, or an exported file: ``.onnx``,
+    ``.safetensors``, or TorchScript with ``torchscript=True`` only (it is code; see
+    :func:`cifar_resnet.export.load_exported`).
     """
     if isinstance(target, Predictor):
         return target
     if isinstance(target, dict):
         return predictor_from_checkpoint(target)
-    exported = load_exported(target)
+    exported = load_exported(target, torchscript)
     if exported is not None:
         return exported
     found, ckpt = resolve_checkpoint(target)
@@ -90,14 +91,16 @@ def predict_images(
     tta: int = 0,
     image_size: int | None = None,
     warn: Callable[[str], None] = _stderr,
+    torchscript: bool = False,
 ) -> list[dict[str, Any]]:
     """Classify image files (folders recursively); unreadable files are reported and skipped.
 
     ``model_or_ckpt``: anything :func:`load_predictor` takes. ``tta``: test-time
     augmentation level as ``evaluate --tta`` (0 none, 1 mirror, 2 mirror and translations).
-    ``image_size`` overrides the training image size. Returns one dict per readable image:
-    ``path``, ``class`` and ``probability`` of the top class, and ``top_k``, a list of
-    ``{"class", "index", "probability"}`` in decreasing probability.
+    ``image_size`` overrides the training image size. ``torchscript``: the model is a
+    TorchScript file, to be run (refused otherwise: it is code). Returns one dict per
+    readable image: ``path``, ``class`` and ``probability`` of the top class, and
+    ``top_k``, a list of ``{"class", "index", "probability"}`` in decreasing probability.
     """
     if top_k < 1:
         raise UsageError(f"--top-k must be at least 1, got {top_k}")
@@ -106,7 +109,7 @@ def predict_images(
             f"--image-size must be from 1 to {MAX_IMAGE_SIZE} (at most {MAX_IMAGE_SIZE} pixels "
             f"a side: small images), got {image_size}"
         )
-    predictor = load_predictor(model_or_ckpt)
+    predictor = load_predictor(model_or_ckpt, torchscript)
     size = image_size or predictor.image_size
     files, images = [], []
     for path in expand_paths(paths, warn):

@@ -18,6 +18,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 NORMALIZATIONS = ("half", "dataset", "imagenet")
 PAD_MODES = ("zeros", "reflect")
 MAX_IMAGE_SIZE = 1024  # pixels a side: memory grows with its square (N images held at once)
+MAX_PADDING = 64  # crop padding, pixels a side: each batch is held padded, (B, H+2P, W+2P, 3)
 MAX_LR = 1e4  # above this every recipe diverges at once; a bigger value is a typo
 
 
@@ -346,6 +347,11 @@ class TrainConfig:
                 raise UsageError(f"{name} must be zero or positive, got {getattr(self, name)}")
         if not 0 <= self.seed < 2**63:
             raise UsageError(f"seed must be an integer from 0 to 2**63-1, got {self.seed}")
+        if self.padding > MAX_PADDING:
+            raise UsageError(
+                f"padding {self.padding} is more than a random crop needs (at most "
+                f"{MAX_PADDING} pixels a side; the presets use 1 to 4)"
+            )
         if self.image_size > MAX_IMAGE_SIZE:
             raise UsageError(
                 f"image_size {self.image_size} is more than this trainer is for "

@@ -31,7 +31,7 @@ from .checkpoint import (
 from .data import DataBundle, eval_split
 from .errors import CheckpointError, UsageError, require
 from .evaluate import check_classes, predictor_from_checkpoint, summarize
-from .files import write_text_atomic
+from .files import remove_stale_temps, write_text_atomic
 from .models import count_parameters, create_model
 from .plots import (
     plot_confusion,
@@ -40,7 +40,7 @@ from .plots import (
     plot_seeds,
     plot_wrong,
 )
-from .rundir import read_csv, read_json, read_metrics
+from .rundir import RunDir, read_csv, read_json, read_metrics
 from .seeds import collect, format_table, is_multi_seed, seed_dir
 
 
@@ -217,6 +217,7 @@ def write_report(run_dir: str | os.PathLike, bundle: DataBundle | None = None) -
         return write_seeds_report(run_dir, bundle)
     run_dir = Path(run_dir)
     rows = check_run(run_dir)
+    remove_stale_temps(run_dir)  # left by a report that was killed while writing
     steps_per_epoch = read_json(run_dir / "run.json").get("steps_per_epoch")
     steps = read_csv(run_dir / "steps.csv")
     written = [plot_curves(rows, run_dir / "curves.png", steps, steps_per_epoch)]
@@ -230,6 +231,7 @@ def write_report(run_dir: str | os.PathLike, bundle: DataBundle | None = None) -
             "",
         ]
     written.append(write_text_atomic(run_dir / "report.md", "\n".join(lines)))
+    RunDir(run_dir).record(*written)  # the run's files: --overwrite may remove them
     return written
 
 
@@ -263,4 +265,6 @@ def write_seeds_report(out_dir: str | os.PathLike, bundle: DataBundle | None = N
         "",
     ]
     written.append(write_text_atomic(out / "report.md", "\n".join(lines)))
+    remove_stale_temps(out)
+    RunDir(out).record(out / "seeds.png", out / "report.md")
     return written

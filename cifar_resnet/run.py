@@ -143,9 +143,11 @@ def save_run(run: Run, path: Path | None = None) -> None:
     if not run.main:
         return
     if path is not None:
+        run.folder.record(path)
         ckpt_io.save_checkpoint(make_run_checkpoint(run), path)
         return
     path = ckpt_io.checkpoint_path(run.folder.path, run.state.epoch, run.state.step)
+    run.folder.record(path)
     ckpt_io.save_checkpoint(make_run_checkpoint(run), path)
     run.last_checkpoint = path
     # Saves on a signal or every N steps never push out the newest end-of-epoch checkpoint.

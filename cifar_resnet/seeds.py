@@ -116,6 +116,12 @@ def read_plan(out_dir: str | os.PathLike) -> dict[str, Any]:
     seeds, config = plan.get("seeds"), plan.get("config")
     if not isinstance(seeds, list) or not seeds or not isinstance(config, dict):
         raise UsageError(f"{Path(out_dir) / MARKER} is damaged (no seeds or recipe)")
+    try:  # seed folders are named from these: only whole numbers, never a path
+        check_seeds(seeds)
+    except UsageError as e:
+        raise UsageError(f"{Path(out_dir) / MARKER} is damaged ({e}); fix or remove it") from None
+    if not isinstance(plan.get("preset", "seed"), str):
+        raise UsageError(f"{Path(out_dir) / MARKER} is damaged (its preset is not a name)")
     return plan
 
 
@@ -148,8 +154,9 @@ def fit_seeds(
     summary) and ``aggregate`` (:func:`aggregate`).
 
     ``seeds``: a list, or text for :func:`parse_seeds`; None (with ``resume``) the seeds OUT
-    recorded. ``resume``: None starts a new folder (refused where one is, unless
-    ``overwrite``); ``"auto"`` continues OUT if it is a multi-seed folder, else starts it;
+    recorded; given with ``resume``, they are added to those. ``resume``: None starts a new
+    folder (refused where one is, unless ``overwrite``); ``"auto"`` continues OUT if it is a
+    multi-seed folder, else starts it;
     ``"required"`` continues it or fails. Continuing keeps finished seeds as they are,
     resumes unfinished ones from their newest valid checkpoint and starts missing ones;
     recipe fields of ``config`` that differ from the recorded recipe apply on top of each
@@ -164,6 +171,8 @@ def fit_seeds(
         seeds = parse_seeds(seeds)
     elif seeds is None and recorded is None:
         raise UsageError("give the seeds to train, e.g. --seeds 0-4")
+    if recorded is not None and seeds is not None:  # --resume OUT --seeds: added to OUT's
+        seeds = [*recorded["seeds"], *(s for s in seeds if s not in recorded["seeds"])]
     seeds = check_seeds(recorded["seeds"] if seeds is None else seeds)
     if recorded is None:
         _check_new(out, seeds, overwrite)
@@ -206,6 +215,7 @@ def _recorded(out: Path, resume: str | None, overwrite: bool) -> dict[str, Any] 
 def _check_new(out: Path, seeds: list[int], overwrite: bool) -> None:
     """A new multi-seed run: refuse a single run in OUT, and seed folders that hold runs
     (unless ``overwrite``), before any seed trains."""
+    RunDir(out).check_ours()
     if not is_multi_seed(out) and RunDir(out).holds_run():
         raise UsageError(f"{out} holds a single run; choose a new --out for several seeds")
     taken = [s for s in seeds if RunDir(seed_dir(out, s)).holds_run()]

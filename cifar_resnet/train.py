@@ -74,7 +74,7 @@ def fit(
         run = _set_up(config, bundle, folder, preset, ckpt, dist_info, dev, options)
         _plan(run)
         _write_run_files(run, bundle.source)
-        train_epochs(run, _is_terminal() if options.progress is None else options.progress)
+        _train(run, _is_terminal() if options.progress is None else options.progress)
         summary = _finish(run)
         # The run (its DDP model holds the process group) is released, and every rank has
         # finished, before the group is destroyed: a gloo group torn down while a peer's
@@ -94,6 +94,20 @@ def fit(
     finally:
         folder.unlock()
         distributed.cleanup()
+
+
+def _train(run: Run, progress: bool) -> None:
+    """The epochs; one image reaching a 1x1 map (BatchNorm's ValueError) is one line."""
+    try:
+        train_epochs(run, progress)
+    except ValueError as e:
+        if "Expected more than 1 value per channel" not in str(e):
+            raise
+        raise UsageError(
+            "a training batch of one image reaches a 1x1 feature map, where BatchNorm needs 2 "
+            "values: use a --batch-size >= 2 that leaves no single image over, or a larger "
+            "--image-size"
+        ) from None
 
 
 def _is_terminal() -> bool:
@@ -246,6 +260,7 @@ def _plan(run: Run) -> None:
     t0 = time.perf_counter()
     if run.main:
         probe_path = run.folder.path / ".budget-probe.pt"
+        run.folder.record(probe_path)
         ckpt_io.save_checkpoint(make_run_checkpoint(run), probe_path)
         probe_path.unlink()
     save_s = distributed.all_sum([time.perf_counter() - t0], run.runtime.device)[0]

@@ -66,6 +66,7 @@ def build_trainer(
         ckpt_io.load_weights(model, init_state, f"--init-from {config.init_from}")
     optimizer = make_optimizer(model, config, dev)
     if resume is not None:
+        ckpt_io.validate_resume(resume, model, optimizer)  # every tensor, before any is used
         ckpt_io.load_weights(model, resume["model"], "the checkpoint's model")
         _load_optimizer(optimizer, resume["optimizer"])
     train_model = model

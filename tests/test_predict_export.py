@@ -17,7 +17,7 @@ from cifar_resnet.checkpoint import build_model, resolve_checkpoint
 from cifar_resnet.cli import main
 from cifar_resnet.config import resolve_config
 from cifar_resnet.data import load_data
-from cifar_resnet.errors import UsageError
+from cifar_resnet.errors import CheckpointError, UsageError
 from cifar_resnet.evaluate import evaluate_checkpoint
 from cifar_resnet.export import export_model
 from cifar_resnet.predict import load_predictor, predict_images
@@ -181,7 +181,7 @@ def test_torchscript_and_safetensors_round_trip(trained, tmp_path):
     images = [data / "test"]
     expected = top1(predict_images(run, images))
 
-    ts = tmp_path / "model.pt"  # the same suffix as a checkpoint: told apart by contents
+    ts = tmp_path / "model.pt"  # the same suffix as a checkpoint: run only when asked
     export_model(path, "torchscript", ts)
     extra = {export.METADATA_FILE: ""}
     with warnings.catch_warnings():
@@ -190,7 +190,9 @@ def test_torchscript_and_safetensors_round_trip(trained, tmp_path):
     assert json.loads(json.loads(extra[export.METADATA_FILE])["classes"]) == ckpt["classes"]
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=1e-5)
-    assert top1(predict_images(ts, images)) == expected
+    assert top1(predict_images(ts, images, torchscript=True)) == expected
+    with pytest.raises(CheckpointError, match="TorchScript"):
+        predict_images(ts, images)  # TorchScript is code: never run unless asked
 
     import safetensors.torch as safetensors
 

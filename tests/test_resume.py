@@ -214,7 +214,9 @@ def test_resume_falls_back_past_a_truncated_newest_checkpoint(data3, reference, 
     assert older.name == f"e{EPOCHS - 1:04d}-s{EPOCHS * STEPS_PER_EPOCH - 1:07d}.pt"
     data = newest.read_bytes()
     newest.write_bytes(data[: len(data) // 2])
-    stray = out / "checkpoints" / f".{newest.name}.x1y2z3.tmp"
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a killed writer's temporary file carries its pid, no longer alive
+    stray = out / "checkpoints" / f".{newest.name}.{gone.pid}.x1y2z3ab.tmp"
     stray.write_bytes(data[:4096])
     r = run("train", "--resume", "auto", "--out", out, "--data", data3, *TRAIN)
     assert r.returncode == 0, r.stderr

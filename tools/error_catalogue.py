@@ -47,6 +47,96 @@ def cifar_archive(path: Path, labels_max=9) -> Path:
     return path
 
 
+def crafted_run(tmp: Path, run: Path, ckpt: Path, name: str, change) -> Path:
+    """A copy of ``run`` whose newest checkpoint went through ``change(ckpt dict)``."""
+    import torch
+
+    copy = tmp / name
+    shutil.copytree(run, copy)
+    data = torch.load(copy / "checkpoints" / ckpt.name, weights_only=True)
+    change(data)
+    torch.save(data, copy / "checkpoints" / ckpt.name)
+    return copy
+
+
+def attacks(tmp: Path, good: Path, run: Path, ckpt: Path, case, quick) -> None:
+    """The deliberate attacks of issue 21: crafted files, symlinks, sizes."""
+    import json
+
+    import torch
+
+    def momentum(c):
+        next(iter(c["optimizer"]["state"].values()))["momentum_buffer"] = torch.zeros(3)
+
+    bad = crafted_run(tmp, run, ckpt, "momentum", momentum)
+    case("a checkpoint whose momentum buffer has the wrong shape", "train", "--resume", bad)
+    bad = crafted_run(tmp, run, ckpt, "epoch-x", lambda c: c["state"].update(epoch="x"))
+    case("a checkpoint whose run state has a wrong type", "train", "--resume", bad)
+    image = next((good / "test").rglob("*.png"))
+
+    class Model(torch.nn.Module):
+        def forward(self, x):
+            return torch.zeros(x.shape[0], 2)
+
+    script = tmp / "e0001-s0000002.pt"
+    torch.jit.save(torch.jit.script(Model()), str(script))
+    case("a TorchScript file named like a checkpoint (predict)", "predict", script, image)
+    linked = tmp / "linked"
+    shutil.copytree(run, linked)
+    (linked / "metrics.csv").unlink()
+    (linked / "metrics.csv").symlink_to(tmp / "victim.txt")
+    case("a symlink where a run file should be", "train", "--resume", linked, "--epochs", "2")
+    lockdir = tmp / "lockdir"
+    shutil.copytree(run, lockdir)
+    (lockdir / ".lock").unlink()
+    (lockdir / ".lock").mkdir()
+    case("a .lock that is a folder", "train", "--resume", lockdir)
+    other = tmp / "other-tool"
+    (other / "checkpoints").mkdir(parents=True)
+    (other / "checkpoints" / "model_v1.pth").write_text("x")
+    (other / "report.md").write_text("x")
+    case("--out a folder of another tool's files", "train", "--data", good, "--out", other, *quick)
+    case("--overwrite a folder of another tool's files", "train", "--data", good, "--out", other,
+         *quick, "--overwrite")  # fmt: skip
+    case("--padding 2000", "train", "--data", good, "--out", tmp / "r", *quick, "--padding", "2000")
+    case("--config /dev/zero", "train", "--data", good, "--out", tmp / "r", "--config", "/dev/zero")
+    toml = tmp / "f.toml"
+    toml.write_text("epochs = 3\n")
+    case("--config with --resume", "train", "--resume", run, "--config", toml)
+    case("evaluate --image-size 5000", "evaluate", run, "--image-size", "5000")
+    from PIL import Image as PILImage
+
+    PILImage.new("L", (1, 1_000_000)).save(tmp / "tall.png")
+    case("a 1x1,000,000 PNG resized to 32 (predict)", "predict", run, tmp / "tall.png",
+         "--image-size", "32")  # fmt: skip
+    odd = folder(tmp / "odd")
+    for split in ("train", "test"):
+        os.rename(odd / split / "b", os.path.join(os.fsencode(odd / split), b"b\xff"))
+    case("a class folder not named in UTF-8", "train", "--data", odd, "--out", tmp / "r", *quick)
+    garbage = tmp / "garbage"
+    shutil.copytree(run, garbage)
+    with open(garbage / "metrics.csv", "a") as f:
+        f.write("garbage,row\n")
+    case("a garbage row in metrics.csv (report)", "report", garbage)
+    small = folder(tmp / "nine", size=(9, 9), n=3)
+    one = ["--model", "fastnet-s", "--epochs", "1", "--batch-size", "1", "--device", "cpu"]
+    case("fastnet-s at 9x9 with batch 1", "train", "--data", small, "--out", tmp / "r9", *one)
+    case("export --out onto the run's checkpoint", "export", run, "--format", "torchscript",
+         "--out", ckpt)  # fmt: skip
+    seeds = tmp / "seeds"
+    seeds.mkdir()
+    plan = {"seeds": [0, "/../../victimrun"], "preset": "seed", "config": {}, "data": None}
+    (seeds / "seeds.json").write_text(json.dumps(plan))
+    case("a seeds.json naming a folder outside (report)", "report", seeds)
+    st = tmp / "std0.safetensors"
+    import safetensors.torch as safetensors
+
+    meta = {"format": "cifar-resnet", "classes": '["a", "b"]', "model_name": "seed"}
+    meta.update(mean="[0.5, 0.5, 0.5]", std="[0, 0.2, 0.2]", image_size="8")
+    safetensors.save_file({"x": torch.zeros(1)}, str(st), metadata=meta)
+    case("export metadata with a std of 0 (predict)", "predict", st, image)
+
+
 def main() -> None:
     tmp = Path(tempfile.mkdtemp())
     os.environ["CIFAR_RESNET_CACHE"] = str(tmp / "cache")
@@ -193,6 +283,7 @@ def main() -> None:
     )  # fmt: skip
     holder.stdout.readline()
     case("a second training into a run folder in use", "train", "--resume", busy, "--data", good)
+    attacks(tmp, good, run, ckpt, case, quick)
 
     print("| bad input | exit | message |\n|---|---|---|")
     for what, args in cases:

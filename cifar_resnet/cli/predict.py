@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from .flags import add_tta_flag, to_json
 
@@ -19,7 +20,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "target",
         metavar="RUN_DIR|CHECKPOINT|EXPORTED",
         help="a run folder, a .pt checkpoint, or a file from `cifar-resnet export` "
-        "(.onnx, TorchScript .pt, .safetensors)",
+        "(.onnx, .safetensors; TorchScript with --torchscript)",
+    )
+    p.add_argument(
+        "--torchscript",
+        action="store_true",
+        help="the model is a TorchScript file (export --format torchscript): TorchScript is "
+        "code, run only with this flag and only for a file you trust; never tried otherwise",
     )
     p.add_argument(
         "images",
@@ -56,16 +63,28 @@ def run(args: argparse.Namespace) -> int:
     from ..predict import predict_images
 
     results = predict_images(
-        args.target, args.images, args.top_k, tta=args.tta, image_size=args.image_size
+        args.target,
+        args.images,
+        args.top_k,
+        tta=args.tta,
+        image_size=args.image_size,
+        torchscript=args.torchscript,
     )
     if not results:
         raise DataError(
             "no readable image among the given paths; pass image files or folders holding them"
         )
     for r in results:
+        r["path"] = _shown(r["path"])
         if args.json:
             print(to_json(r))
         else:
             ranked = ", ".join(f"{t['class']} {100 * t['probability']:.1f}%" for t in r["top_k"])
             print(f"{r['path']}: {ranked}")
     return 0
+
+
+def _shown(path: str) -> str:
+    """A file name as printable text: bytes that are not UTF-8 (a name from another system)
+    as \\xNN escapes, so that printing never fails, whatever stdout's encoding."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")

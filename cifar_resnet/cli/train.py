@@ -32,7 +32,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     t.add_argument(
         "--preset", choices=tuple(PRESETS), help="the recipe to start from (default: seed)"
     )
-    t.add_argument("--config", help="TOML file of recipe fields (see config.toml in any run)")
+    t.add_argument(
+        "--config",
+        help="TOML file of recipe fields (see config.toml in any run); for a new run only: a "
+        "resumed run keeps its recipe, changed by flags",
+    )
     groups = add_groups(t)
     add_data_flags(
         groups[DATA],
@@ -71,7 +75,8 @@ def _add_run_flags(g) -> None:
     g.add_argument(
         "--overwrite",
         action="store_true",
-        help="start a new run in an --out that already holds one, deleting the old run's files",
+        help="start a new run in an --out that already holds one, deleting the files the old "
+        "run recorded writing (RUN/manifest.json); a folder holding other files is refused",
     )
     g.add_argument("--quiet", action="store_true", help="print only errors and the summary")
     g.add_argument(
@@ -169,6 +174,7 @@ def _recipe(args: argparse.Namespace, out: str):
     if found is None:
         return (*_new_recipe(args, flags), None)
     path, resume = found
+    _no_config_with_resume(args, out)
     if not args.quiet:
         print(f"resuming from {path}")
     preset, config = ckpt_io.resumed_config(resume, path, flags)  # a damaged one: exit 4
@@ -176,6 +182,16 @@ def _recipe(args: argparse.Namespace, out: str):
     if args.data is None:
         raise UsageError(f"{out} does not record its data (an older run); pass --data")
     return preset, config, resume
+
+
+def _no_config_with_resume(args: argparse.Namespace, out: str) -> None:
+    """A continued run keeps its recipe; --config would replace it wholesale, so it is refused
+    (changes are given as flags, which apply on top of the run's recipe)."""
+    if args.config:
+        raise UsageError(
+            f"--config with --resume: {out} continues with its own recipe; give the fields to "
+            "change as flags (e.g. --epochs 30), or start a new --out with --config"
+        )
 
 
 def _several_seeds(args: argparse.Namespace, out: str) -> bool:
@@ -231,6 +247,7 @@ def _seeds_recipe(args: argparse.Namespace, out: str):
             f"continue a single run, or start one with --out {out} --seeds {args.seeds}"
         )
     if args.resume and is_multi_seed(out):
+        _no_config_with_resume(args, out)
         plan = read_plan(out)
         if not args.quiet:
             print(f"continuing the seeds in {out}")

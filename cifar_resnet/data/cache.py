@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cifar_resnet.errors import DataError, OutputError
-from cifar_resnet.files import write_atomic
+from cifar_resnet.config import MAX_IMAGE_SIZE
+from cifar_resnet.errors import DataError, OutputError, UsageError
+from cifar_resnet.files import remove_stale_temps, write_atomic
 
 from .cifar import CIFAR_ARCHIVES
 from .decode import _reason
@@ -45,6 +46,11 @@ def load_data(
     """
     if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
         raise DataError(f"image size must be a positive integer, got {image_size!r}")
+    if image_size is not None and image_size > MAX_IMAGE_SIZE:  # before any image is decoded
+        raise UsageError(
+            f"--image-size {image_size} is more than this trainer is for (at most "
+            f"{MAX_IMAGE_SIZE} pixels a side: small images)"
+        )
     if spec in CIFAR_ARCHIVES:
         archive = _ensure_archive(spec, data_dir, progress)
         return _load_cached(_ArchiveSource(archive), image_size, cache_dir, progress)
@@ -64,6 +70,7 @@ def _load_cached(
     for line in [f"format {FORMAT_VERSION}", f"image_size {image_size}", *source.identity()]:
         digest.update(line.encode("utf-8", "surrogateescape") + b"\n")
     path = folder / f"{digest.hexdigest()}.npz"
+    remove_stale_temps(folder)  # left by a writer killed mid-write
     bundle = _read_cache(path)
     if bundle is None:
         bundle = source.load(image_size, progress)
@@ -77,6 +84,7 @@ def _read_cache(path: Path) -> DataBundle | None:
     if not path.is_file():
         return None
     try:
+        _check_headers(path)
         with np.load(path, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}
         splits = {}
@@ -89,6 +97,11 @@ def _read_cache(path: Path) -> DataBundle | None:
             splits[split] = ArraySplit(np.ascontiguousarray(images), labels)
         classes = [str(name) for name in arrays["classes"].tolist()]
         source = str(arrays["source"])
+        for split in splits.values():
+            if len(split.labels) and not 0 <= split.labels.min() <= split.labels.max() < len(
+                classes
+            ):
+                raise ValueError(f"labels outside the {len(classes)} class names")
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         print(
             f"warning: ignoring unreadable cache file {path} ({_reason(exc)}); rebuilding it",
@@ -96,6 +109,23 @@ def _read_cache(path: Path) -> DataBundle | None:
         )
         return None
     return DataBundle(splits["train"], splits["test"], classes, source)
+
+
+def _check_headers(path: Path) -> None:
+    """Each array's .npy header against the bytes stored for it, before numpy allocates what
+    the header declares (a crafted header can declare terabytes): ValueError if they differ."""
+    with zipfile.ZipFile(path) as z:
+        for info in z.infolist():
+            with z.open(info) as f:
+                fmt = np.lib.format
+                major, _ = fmt.read_magic(f)
+                read = fmt.read_array_header_1_0 if major == 1 else fmt.read_array_header_2_0
+                shape, _, dtype = read(f)
+                if dtype.hasobject:
+                    raise ValueError(f"{info.filename} holds Python objects")
+                size = int(np.prod(shape, dtype=object)) * dtype.itemsize
+                if size > info.file_size:
+                    raise ValueError(f"{info.filename} declares {size} bytes, holds fewer")
 
 
 def _write_cache(path: Path, bundle: DataBundle) -> None:

@@ -39,6 +39,7 @@ class CifarArchive:
 
     url: str
     md5: str
+    size: int  # the official archive's bytes (a download is cut off a little above this)
     filename: str  # the archive's official file name
     folder: str  # the folder the archive holds
     train_members: tuple[str, ...]
@@ -55,6 +56,7 @@ CIFAR_ARCHIVES: dict[str, CifarArchive] = {
     "cifar10": CifarArchive(
         url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
         md5="c58f30108f718f92721af3b95e74349a",
+        size=170_498_071,
         filename="cifar-10-python.tar.gz",
         folder="cifar-10-batches-py",
         train_members=tuple(f"data_batch_{i}" for i in range(1, 6)),
@@ -66,6 +68,7 @@ CIFAR_ARCHIVES: dict[str, CifarArchive] = {
     "cifar100": CifarArchive(
         url="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
         md5="eb9058c3a382ffc7106e6d6b68e8c6a3",
+        size=169_001_437,
         filename="cifar-100-python.tar.gz",
         folder="cifar-100-python",
         train_members=("train",),

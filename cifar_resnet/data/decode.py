@@ -39,6 +39,10 @@ from cifar_resnet.errors import DataError
 
 # Below this many files a process pool costs more to start than it saves.
 PARALLEL_THRESHOLD = 2000
+# An image resized to --image-size N must not pass through more pixels than this on the way
+# (a 1 x 1,000,000 PNG of 3 KB, its shorter side scaled to 32, would be 32 x 32,000,000).
+MAX_RESIZE_PIXELS = 1 << 24
+PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h): a signal for when the parent dies
 
 
 def _reason(exc: BaseException) -> str:
@@ -64,6 +68,8 @@ def decode_image(
     source = io.BytesIO(path_or_bytes) if is_bytes else path_or_bytes
     try:
         with Image.open(source) as img:
+            if image_size is not None:  # from the header, before any pixel is decoded
+                _check_resize(img.size, image_size, name)
             img.load()  # decode now, so that a truncated file fails here
             rgb = _to_rgb(img)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
@@ -73,6 +79,22 @@ def decode_image(
     if image_size is not None:
         rgb = _resize(rgb, image_size)
     return np.asarray(rgb, dtype=np.uint8)
+
+
+def _resized_size(width: int, height: int, size: int) -> tuple[int, int]:
+    scale = size / min(width, height)
+    return max(size, round(width * scale)), max(size, round(height * scale))
+
+
+def _check_resize(dims: tuple[int, int], size: int, name: str) -> None:
+    """Refuse an image whose resize by the rule would need more than MAX_RESIZE_PIXELS."""
+    width, height = dims
+    new_w, new_h = _resized_size(width, height, size) if min(dims) > 0 else (0, 0)
+    if max(width * height, new_w * new_h) > MAX_RESIZE_PIXELS:
+        raise DataError(
+            f"cannot read image {name} ({width}x{height} pixels: resized to {size} on its "
+            f"shorter side it would be {new_w}x{new_h}, too large); remove or replace the file"
+        )
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -91,8 +113,7 @@ def _resize(img: Image.Image, size: int) -> Image.Image:
     width, height = img.size
     if (width, height) == (size, size):
         return img
-    scale = size / min(width, height)
-    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+    new_w, new_h = _resized_size(width, height, size)
     img = img.resize((new_w, new_h), Image.BILINEAR)
     left = int(round((new_w - size) / 2.0))
     top = int(round((new_h - size) / 2.0))
@@ -115,11 +136,21 @@ def _decode_chunk(paths: list[str], image_size: int | None) -> list[np.ndarray]:
     return [decode_image(path, image_size) for path in paths]
 
 
-def _init_worker() -> None:
+def _init_worker(parent: int | None = None) -> None:
     """Pool initializer: Ctrl-C reaches the whole process group, but only the parent acts on
-    it; SIGTERM (how the parent stops a worker) kills outright, whatever the parent set."""
+    it; SIGTERM (how the parent stops a worker) kills outright, whatever the parent set. A
+    parent that dies without stopping its workers (SIGKILL, SIGHUP) takes them with it: the
+    kernel sends each SIGKILL then (Linux's PR_SET_PDEATHSIG); one that died before this ran
+    is seen by the worker's parent pid having changed."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if parent is not None and os.getppid() != parent:
+        os._exit(1)
 
 
 def _worker_count() -> int:
@@ -231,7 +262,9 @@ def _decode_in_pool(
     chunks = [names[i : i + chunk] for i in range(0, len(names), chunk)]
     images: list[np.ndarray] = []
     with _SignalGuard() as guard:
-        pool = concurrent.futures.ProcessPoolExecutor(workers, initializer=_init_worker)
+        pool = concurrent.futures.ProcessPoolExecutor(
+            workers, initializer=_init_worker, initargs=(os.getpid(),)
+        )
         try:
             results = pool.map(_decode_chunk, chunks, [image_size] * len(chunks))
             guard.arm()  # the workers are started now

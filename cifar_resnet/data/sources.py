@@ -251,6 +251,14 @@ def _class_folders(folder: Path) -> list[str]:
                 names.append(entry.name)
         except OSError as exc:
             raise _fs_error(entry.path, exc) from None
+    for name in names:  # class names go into JSON, Markdown and plots: text, not raw bytes
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = os.fsencode(name).decode("utf-8", "backslashreplace")
+            raise DataError(
+                f"class folder {folder / shown} has a name that is not valid UTF-8; rename it"
+            ) from None
     return sorted(names)
 
 
