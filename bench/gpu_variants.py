@@ -15,6 +15,7 @@ import dataclasses
 import time
 
 import torch
+from _device import sync
 
 from cifar_resnet.config import TrainConfig
 from cifar_resnet.models import create_model
@@ -51,11 +52,6 @@ def stepper(dev: torch.device, bf16: bool, cl: bool, comp: bool, graph: bool) ->
 def step(s: Stepper, x: torch.Tensor, y: torch.Tensor) -> None:
     set_lr(s.optimizer, 0.1, 0, 1)
     s.step(x, y)
-
-
-def sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def time_variant(dev, x, y, variant, args) -> float | None:
