@@ -45,7 +45,8 @@ def cli_main(*args) -> int:
 def cli_result(capsys, *args) -> subprocess.CompletedProcess:
     """``cifar-resnet ARGS`` in this process, as a finished process: the exit code the
     command would exit with (argparse's usage errors included) and what it printed, for
-    ``one_line_error``. For checks that fail before or without training much."""
+    ``one_line_error``. For commands whose subject is not the process itself (its signals,
+    its start-up, a time budget counted from its start: those take ``run_cli``)."""
     capsys.readouterr()  # only this command's output
     try:
         code = cli_main(*args)
