@@ -26,6 +26,7 @@ import sys
 import time
 
 import torch
+from _device import sync
 
 from cifar_resnet.config import TrainConfig, preset_config
 from cifar_resnet.data import ArraySplit, DataBundle, load_data
@@ -43,11 +44,6 @@ from cifar_resnet.step import Trainer, train_step
 from cifar_resnet.trainer import build_trainer, start
 
 BATCH = 128
-
-
-def sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
 
 
 def native_bf16(dev: torch.device) -> bool:

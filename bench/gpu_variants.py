@@ -15,6 +15,7 @@ import dataclasses
 import time
 
 import torch
+from _device import sync
 
 from cifar_resnet.config import TrainConfig
 from cifar_resnet.models import create_model
@@ -50,11 +51,6 @@ def stepper(dev: torch.device, bf16: bool, cl: bool, comp: bool, graph: bool) ->
 
 def step(s: Trainer, x: torch.Tensor, y: torch.Tensor) -> None:
     train_step(s, x, y, 0)
-
-
-def sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def time_variant(dev, x, y, variant, args) -> float | None:

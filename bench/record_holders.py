@@ -34,11 +34,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import importlib.util
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -180,25 +178,20 @@ def write_airbench_data(bundle, work: Path) -> Path:
 
 
 def spread(values: list[float]) -> dict | None:
-    """mean, std (0 for one value), min, max and the values; None for none."""
-    if not values:
-        return None
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return {
-        "mean": statistics.fmean(values),
-        "std": std,
-        "min": min(values),
-        "max": max(values),
-        "values": values,
-    }
+    """``seeds.spread`` (mean, std, min, max, n) with the values themselves; None for none."""
+    from cifar_resnet.seeds import spread as seeds_spread
+
+    return {**seeds_spread(values), "values": values} if values else None
 
 
-def final_eval_seconds(metrics_csv: Path) -> float:
+def final_eval_seconds(run_dir: Path) -> float:
     """The last epoch's evaluation: its wall time less its training (fast: evaluated once)."""
-    rows = list(csv.DictReader(metrics_csv.open()))
-    before = float(rows[-2]["wall_seconds"]) if len(rows) > 1 else 0.0
+    from cifar_resnet.rundir import read_metrics
+
+    rows = read_metrics(run_dir)
+    before = rows[-2]["wall_seconds"] if len(rows) > 1 else 0.0
     last = rows[-1]
-    return float(last["wall_seconds"]) - before - float(last["epoch_seconds"])
+    return last["wall_seconds"] - before - last["epoch_seconds"]
 
 
 def ours_once(args, bundle, dev, seed: int) -> dict:
@@ -223,7 +216,7 @@ def ours_once(args, bundle, dev, seed: int) -> dict:
         quiet=True,
         progress=False,
     )
-    eval_s = final_eval_seconds(out / "metrics.csv")
+    eval_s = final_eval_seconds(out)
     return {
         "seed": seed,
         "accuracy": s["test_accuracy"],

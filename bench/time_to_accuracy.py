@@ -15,7 +15,6 @@ reached. A target not reached within the cap is printed as such, with the best a
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import platform
@@ -30,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cifar_resnet.cli.flags import parse_duration  # noqa: E402
+from cifar_resnet.rundir import read_metrics  # noqa: E402
 
 
 def run(data, preset, seed, cap, targets, device):
@@ -66,7 +66,7 @@ def run(data, preset, seed, cap, targets, device):
         if proc.returncode != 0:
             sys.exit(f"{preset} seed {seed} failed ({proc.returncode}): {proc.stderr.strip()}")
         summary = json.loads(proc.stdout.strip().splitlines()[-1])
-        rows = list(csv.DictReader(open(Path(out) / "metrics.csv")))
+        rows = read_metrics(out)
     # The loop's clock (wall_seconds) plus what the command spent outside it (start-up,
     # planning, the end): time from the command's start to the end of each epoch.
     outside = seconds - float(rows[-1]["wall_seconds"])

@@ -13,13 +13,12 @@ import gzip
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 from PIL import Image
 
 from cifar_resnet.rundir import read_metrics
@@ -115,12 +114,7 @@ def data(tmp_path_factory):
 def train(data: Path, out: Path, *args: str) -> dict:
     common = ["--data", str(data), "--deterministic", "--precision", "fp32", "--no-report",
               "--quiet", "--device", "cpu"]  # fmt: skip
-    done = subprocess.run(
-        [sys.executable, "-m", "cifar_resnet", "train", "--out", str(out), *args, *common],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = run_cli("train", "--out", out, *args, *common)
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads((out / "summary.json").read_text())
 

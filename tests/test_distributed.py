@@ -7,7 +7,6 @@ collide with each other or with other jobs on the machine. Each rank uses one th
 ranks fit on two cores.
 """
 
-import csv
 import json
 import os
 import shutil
@@ -18,16 +17,16 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-from PIL import Image
+from conftest import cli_argv, noise_folder
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from cifar_resnet.checkpoint import checkpoint_files, latest_valid, load_checkpoint
 from cifar_resnet.config import TrainConfig
 from cifar_resnet.data import load_data
+from cifar_resnet.rundir import read_metrics
 
 # 3 classes x 86 training images of 16x16: 258 images, so batch 128 makes 3 global steps an
 # epoch (the last one of 2 images, 1 per rank). 3 x 25 test images: 75, split 38/37 over ranks.
@@ -189,15 +188,6 @@ def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
 
 
-def metrics(run_dir: Path) -> list[dict]:
-    with open(run_dir / "metrics.csv") as f:
-        return list(csv.DictReader(f))
-
-
-def cli(*args):
-    return [sys.executable, "-m", "cifar_resnet", *map(str, args)]
-
-
 def torchrun(nproc: int, *args):
     port = free_port()
     return [
@@ -228,16 +218,10 @@ def clean_env() -> dict:
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    rng = np.random.default_rng(11)
+    classes = {f"c{c}": base for c, base in enumerate((50, 128, 200))}
+    counts = {"train": N_TRAIN, "test": N_TEST}
     root = tmp_path_factory.mktemp("ddp") / "three"
-    for split, n in (("train", N_TRAIN), ("test", N_TEST)):
-        for c, base in enumerate((50, 128, 200)):
-            d = root / split / f"c{c}"
-            d.mkdir(parents=True)
-            for i in range(n):
-                px = np.clip(base + rng.integers(-60, 60, (SIZE, SIZE, 3)), 0, 255)
-                Image.fromarray(px.astype(np.uint8)).save(d / f"{i}.png")
-    return root
+    return noise_folder(root, classes, counts, size=SIZE, spread=60, seed=11)
 
 
 @pytest.fixture(scope="module")
@@ -296,7 +280,7 @@ def test_sync_bn_two_by_64_matches_one_by_128(runs):
         print(f"SyncBN 2x64 vs 1x128 after epoch {epoch}: max abs difference {diff:.3g}")
         assert diff <= SYNC_BN_ATOL[epoch]
     # The recorded losses agree as closely; the metrics describe the same training.
-    for a, b in zip(metrics(two_dir), metrics(one_dir), strict=True):
+    for a, b in zip(read_metrics(two_dir), read_metrics(one_dir), strict=True):
         assert float(a["train_loss"]) == pytest.approx(float(b["train_loss"]), rel=1e-2)
         assert a["step"] == b["step"]
 
@@ -305,7 +289,7 @@ def test_distributed_evaluation_equals_single_process_evaluation(runs, folder, b
     run_dir, summaries = runs["two"]
     newest = checkpoint_files(run_dir)[0]
     r = subprocess.run(
-        cli(
+        cli_argv(
             "evaluate",
             newest,
             "--data",
@@ -327,7 +311,7 @@ def test_distributed_evaluation_equals_single_process_evaluation(runs, folder, b
     # The DDP run's own final evaluation (sharded 38/37, batches of 16) ...
     # (JSON output carries 10 significant digits; the counts below are compared exactly)
     assert summaries[0]["test_accuracy"] == pytest.approx(single["accuracy"], abs=1e-7)
-    assert float(metrics(run_dir)[-1]["test_acc"]) == pytest.approx(single["accuracy"], abs=1e-7)
+    assert read_metrics(run_dir)[-1]["test_acc"] == pytest.approx(single["accuracy"], abs=1e-7)
     assert summaries[0]["test_loss"] == pytest.approx(single["loss"], rel=1e-5)
     # ... and a 2-rank evaluation of the same checkpoint: every image counted exactly once.
     ranks = spawn(
@@ -362,7 +346,7 @@ def test_resume_with_another_number_of_processes(runs, bundle, first, then):
     summaries = train(then, out, bundle, resume=True)
     assert {s["epochs"] for s in summaries} == {2}
     assert {s["steps"] for s in summaries} == {2 * STEPS_PER_EPOCH}
-    rows = metrics(out)
+    rows = read_metrics(out)
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     assert [int(r["step"]) for r in rows] == [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH]
     assert json.loads((out / "run.json").read_text())["world_size"] == then
@@ -452,7 +436,7 @@ def test_killed_rank_fails_the_job_and_resume_auto_continues(folder, tmp_path):
     assert took < 60
     assert "ChildFailedError" in text and "rank      : 1" in text, text
     assert not (out / "summary.json").exists()
-    done_before = len(metrics(out))
+    done_before = len(read_metrics(out))
     assert 1 <= done_before < 4, text
     # Restart the same command (--resume auto): it continues from the newest checkpoint.
     r = subprocess.run(
@@ -461,7 +445,7 @@ def test_killed_rank_fails_the_job_and_resume_auto_continues(folder, tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["epochs"] == 4
-    rows = metrics(out)
+    rows = read_metrics(out)
     assert [int(row["epoch"]) for row in rows] == [1, 2, 3, 4]
     steps = -(-CLASSES * N_TRAIN // 16)
     assert [int(row["step"]) for row in rows] == [steps * e for e in (1, 2, 3, 4)]

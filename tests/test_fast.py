@@ -1,19 +1,14 @@
 """The fast preset's parts: schedule, augmentation, lookahead, parameter groups, TTA, presets,
 and an exact resume with all of them on."""
 
-import csv
 import json
 import math
 import shutil
-import subprocess
-import sys
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import one_line_error
-from PIL import Image
+from conftest import cli_result, noise_folder, one_line_error
 
 from cifar_resnet.checkpoint import checkpoint_files
 from cifar_resnet.config import TrainConfig, preset_config, resolve_config
@@ -21,6 +16,7 @@ from cifar_resnet.evaluate import tta_logits
 from cifar_resnet.loader import DeviceLoader
 from cifar_resnet.models import create_model
 from cifar_resnet.optim import Lookahead, Schedule, lr_at, make_optimizer
+from cifar_resnet.rundir import read_metrics
 from cifar_resnet.runtime import Runtime
 from cifar_resnet.step import CudaGraph, Trainer, train_step
 
@@ -160,18 +156,12 @@ def test_bad_fast_options_are_usage_errors(bad):
 @pytest.fixture(scope="module")
 def data16(tmp_path_factory):
     """3 classes x 16 training / 4 test images of 16x16 (fastnet pools 16 -> 1)."""
-    rng = np.random.default_rng(1)
+    classes, counts = {"c0": 50, "c1": 128, "c2": 200}, {"train": 16, "test": 4}
     root = tmp_path_factory.mktemp("data16") / "d"
-    for split, n in (("train", 16), ("test", 4)):
-        for c, base in enumerate((50, 128, 200)):
-            (root / split / f"c{c}").mkdir(parents=True)
-            for i in range(n):
-                px = np.clip(base + rng.integers(-50, 50, (16, 16, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(px).save(root / split / f"c{c}" / f"{i}.png")
-    return root
+    return noise_folder(root, classes, counts, size=16, spread=50, seed=1)
 
 
-def test_fast_preset_resumes_bitwise_mid_lookahead(data16, tmp_path, cache_dir):
+def test_fast_preset_resumes_bitwise_mid_lookahead(data16, tmp_path, cache_dir, capsys):
     """Lookahead's slow weights, the stem-bias freeze and alternating flips survive a resume:
     a run continued from step 7 (between lookahead updates, before the freeze) ends equal."""
     args = [
@@ -193,8 +183,7 @@ def test_fast_preset_resumes_bitwise_mid_lookahead(data16, tmp_path, cache_dir):
     ]
 
     def train(*extra):
-        cmd = [sys.executable, "-m", "cifar_resnet", "train", "--data", str(data16), *extra]
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        r = cli_result(capsys, "train", "--data", data16, *extra)
         assert r.returncode == 0, r.stderr
         return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -212,20 +201,9 @@ def test_fast_preset_resumes_bitwise_mid_lookahead(data16, tmp_path, cache_dir):
 
     # `evaluate --tta 1` reproduces the run's own (mirror-TTA, the CPU preset's) figure.
     def evaluate(*extra):
-        cmd = [
-            sys.executable,
-            "-m",
-            "cifar_resnet",
-            "evaluate",
-            str(full),
-            "--data",
-            str(data16),
-            "--device",
-            "cpu",
-            "--json",
-            *extra,
-        ]
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        r = cli_result(
+            capsys, "evaluate", full, "--data", data16, "--device", "cpu", "--json", *extra
+        )
         assert r.returncode == 0, r.stderr
         return json.loads(r.stdout)
 
@@ -344,10 +322,9 @@ def test_early_side_is_a_share_of_the_images_the_model_can_take():
     assert early_side(TrainConfig(model="fastnet-s"), 32) == 0  # off
 
 
-def test_early_scale_out_of_range_is_a_one_line_error(tiny_folder, tmp_path):
-    cmd = [sys.executable, "-m", "cifar_resnet", "train", "--data", str(tiny_folder)]
-    cmd += ["--out", str(tmp_path / "r"), "--steps", "1", "--early-scale", "1.5"]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+def test_early_scale_out_of_range_is_a_one_line_error(tiny_folder, tmp_path, capsys):
+    r = cli_result(capsys, "train", "--data", tiny_folder, "--out", tmp_path / "r", "--steps", 1,
+                "--early-scale", 1.5)  # fmt: skip
     assert "early_scale is a share of the image side in [0, 1)" in one_line_error(r, 2)
     assert not (tmp_path / "r").exists()
 
@@ -369,5 +346,5 @@ def test_a_replan_check_on_the_last_step_still_ends_with_the_evaluation(
     summary = train.fit(config, bundle, tmp_path / "run", device="cpu", quiet=True)
     assert summary["steps"] == summary["planned_steps"]
     assert summary["test_accuracy"] is not None  # evaluated at the end (only then)
-    last = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))[-1]
-    assert int(last["step"]) == summary["steps"] and last["test_acc"]
+    last = read_metrics(tmp_path / "run")[-1]
+    assert int(last["step"]) == summary["steps"] and last["test_acc"] is not None

@@ -1,7 +1,6 @@
-"""predict and export: on a model trained for one epoch on a real CIFAR-10 subset."""
+"""predict and export: on a model trained for two epochs on a real CIFAR-10 subset."""
 
 import json
-import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -9,81 +8,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CIFAR_JPEG
+from conftest import SUBSET_PER_CLASS, cli_main, load_subset
 from PIL import Image
 
 from cifar_resnet import export
 from cifar_resnet.checkpoint import build_model, resolve_checkpoint
-from cifar_resnet.cli import main
-from cifar_resnet.config import resolve_config
-from cifar_resnet.data import load_data
 from cifar_resnet.errors import CheckpointError, UsageError
 from cifar_resnet.evaluate import evaluate_checkpoint
 from cifar_resnet.export import export_model
 from cifar_resnet.predict import load_predictor, predict_images
-from cifar_resnet.train import fit
 
-TRAIN_PER_CLASS, TEST_PER_CLASS = 50, 10  # 500 training and 100 test images
-
-
-def make_subset(root: Path) -> Path:
-    """Real CIFAR-10 JPEGs when the shared copy is here, else 3 classes of coloured noise."""
-    for split, n in (("train", TRAIN_PER_CLASS), ("test", TEST_PER_CLASS)):
-        if CIFAR_JPEG.is_dir():
-            for cls in sorted(p.name for p in (CIFAR_JPEG / split).iterdir() if p.is_dir()):
-                (root / split / cls).mkdir(parents=True)
-                for f in sorted((CIFAR_JPEG / split / cls).iterdir())[:n]:
-                    shutil.copy(f, root / split / cls / f.name)
-        else:
-            rng = np.random.default_rng(0)
-            for c, cls in enumerate(("red", "green", "blue")):
-                (root / split / cls).mkdir(parents=True)
-                for i in range(n):
-                    px = rng.integers(0, 120, (32, 32, 3))
-                    px[:, :, c] += 120
-                    Image.fromarray(px.astype(np.uint8)).save(root / split / cls / f"{i}.png")
-    return root
-
-
-def train_tiny_run(tmp: Path, cache_dir: Path, epochs: int = 1) -> tuple[Path, Path]:
-    data = make_subset(tmp / "data")
-    _, config = resolve_config(
-        None,
-        None,
-        {
-            "model": "seed",
-            "epochs": epochs,
-            "batch_size": 64,
-            "precision": "fp32",
-            "compile": "off",
-        },
-    )
-    bundle = load_data(str(data), cache_dir=str(cache_dir), progress=False)
-    fit(config, bundle, tmp / "run", device="cpu", quiet=True, progress=False)
-    return tmp / "run", data
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, cache_dir):
-    run, data = train_tiny_run(tmp_path_factory.mktemp("predict"), cache_dir)
-    return run, data, cache_dir
-
-
-def cli(*argv) -> int:
-    """Run the command line (errors: one line on stderr) and return its exit code."""
-    return main([str(a) for a in argv])
-
-
-def load_subset(data: Path, cache: Path):
-    return load_data(str(data), cache_dir=str(cache), progress=False)
+TEST_PER_CLASS = SUBSET_PER_CLASS["test"]
 
 
 def top1(results) -> dict[str, str]:
     return {Path(r["path"]).name + Path(r["path"]).parent.name: r["class"] for r in results}
 
 
-def test_predict_agrees_with_evaluation(trained, capsys):
-    run, data, cache = trained
+def test_predict_agrees_with_evaluation(subset_run, capsys):
+    run, data, cache = subset_run
     results = predict_images(run, [data / "test"], top_k=3)
     assert len(results) == len(list((data / "test").rglob("*.*")))
     _, ckpt = resolve_checkpoint(run)
@@ -98,14 +41,14 @@ def test_predict_agrees_with_evaluation(trained, capsys):
     evaluated = evaluate_checkpoint(ckpt, load_subset(data, cache), device="cpu")
     assert confusion.tolist() == evaluated["confusion"]  # the same class for every image
 
-    assert cli("predict", run, data / "test" / classes[0], "--json", "--top-k", 2) == 0
+    assert cli_main("predict", run, data / "test" / classes[0], "--json", "--top-k", 2) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == TEST_PER_CLASS
     assert all(len(json.loads(line)["top_k"]) == 2 for line in lines)
 
 
-def test_predict_any_size_and_mode_skips_bad_files(trained, tmp_path, capsys):
-    run, data, _ = trained
+def test_predict_any_size_and_mode_skips_bad_files(subset_run, tmp_path, capsys):
+    run, data, _ = subset_run
     src = sorted((data / "test").rglob("*.*"))[0]
     big = tmp_path / "imgs" / "nested" / "big.png"
     big.parent.mkdir(parents=True)
@@ -115,7 +58,7 @@ def test_predict_any_size_and_mode_skips_bad_files(trained, tmp_path, capsys):
     (tmp_path / "imgs" / "notes.txt").write_text("not an image: ignored inside folders")
     missing = tmp_path / "missing.png"
 
-    assert cli("predict", run, tmp_path / "imgs", missing, "--tta") == 0
+    assert cli_main("predict", run, tmp_path / "imgs", missing, "--tta") == 0
     out, err = capsys.readouterr()
     assert sorted(Path(line.split(":")[0]).name for line in out.splitlines()) == [
         "big.png",
@@ -124,24 +67,24 @@ def test_predict_any_size_and_mode_skips_bad_files(trained, tmp_path, capsys):
     assert len(err.splitlines()) == 2
     assert "broken.jpg" in err and "missing.png" in err and "notes.txt" not in err
 
-    assert cli("predict", run, big, "--tta", 2, "--json") == 0  # --tta LEVEL as evaluate's
+    assert cli_main("predict", run, big, "--tta", 2, "--json") == 0  # --tta LEVEL as evaluate's
     assert json.loads(capsys.readouterr().out)["path"] == str(big)
     with pytest.raises(SystemExit) as exited:  # not a level: argparse's usage error
-        cli("predict", run, big, "--tta", 3)
+        cli_main("predict", run, big, "--tta", 3)
     assert exited.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
 
-    assert cli("predict", run, missing) == 3  # nothing readable: a data error
+    assert cli_main("predict", run, missing) == 3  # nothing readable: a data error
     assert capsys.readouterr().err.splitlines()[-1].startswith("error: no readable image")
     with pytest.raises(UsageError):
         predict_images(run, [big], top_k=0)
 
 
-def test_onnx_export_matches_pytorch_and_predicts_the_same(trained, tmp_path, capsys):
+def test_onnx_export_matches_pytorch_and_predicts_the_same(subset_run, tmp_path, capsys):
     import onnx  # noqa: F401
     import onnxruntime as ort
 
-    run, data, cache = trained
+    run, data, cache = subset_run
     out = tmp_path / "model.onnx"
     result = export_model(run, "onnx", out, bundle=load_subset(data, cache))
     check = result["check"]
@@ -163,18 +106,18 @@ def test_onnx_export_matches_pytorch_and_predicts_the_same(trained, tmp_path, ca
     assert top1(predict_images(out, images)) == top1(predict_images(run, images))
     assert top1(predict_images(out, images, tta=1)) == top1(predict_images(run, images, tta=1))
 
-    assert cli("export", run, "--format", "onnx", "--out", tmp_path / "b.onnx") == 0
+    assert cli_main("export", run, "--format", "onnx", "--out", tmp_path / "b.onnx") == 0
     printed = capsys.readouterr().out
     assert "random images" in printed and "predictions equal" in printed
     c = tmp_path / "c.onnx"  # --data: checked on the run's test images, decoded by the CLI
-    assert cli("export", run, "--format", "onnx", "--out", c, "--data", data, "--json") == 0
+    assert cli_main("export", run, "--format", "onnx", "--out", c, "--data", data, "--json") == 0
     check = json.loads(capsys.readouterr().out)["check"]
     assert check["images"] == 100 and "test images" in check["on"] and check["predictions_equal"]
     assert not list(tmp_path.glob(".*.tmp*"))  # no temporary files left behind
 
 
-def test_torchscript_and_safetensors_round_trip(trained, tmp_path):
-    run, data, _ = trained
+def test_torchscript_and_safetensors_round_trip(subset_run, tmp_path):
+    run, data, _ = subset_run
     path, ckpt = resolve_checkpoint(run)
     model = build_model(ckpt)
     x = torch.randn(4, 3, 32, 32)
@@ -208,19 +151,21 @@ def test_torchscript_and_safetensors_round_trip(trained, tmp_path):
     assert top1(predict_images(st, images)) == expected
 
 
-def test_missing_package_and_bad_target_are_one_line_errors(trained, tmp_path, monkeypatch, capsys):
-    run, _, _ = trained
+def test_missing_package_and_bad_target_are_one_line_errors(
+    subset_run, tmp_path, monkeypatch, capsys
+):
+    run, _, _ = subset_run
     monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx now raises ImportError
-    assert cli("export", run, "--format", "onnx", "--out", tmp_path / "m.onnx") == 2
+    assert cli_main("export", run, "--format", "onnx", "--out", tmp_path / "m.onnx") == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "pip install 'cifar-resnet[export]'" in err
     assert not (tmp_path / "m.onnx").exists()
 
     assert (
-        cli("export", tmp_path, "--format", "torchscript", "--out", tmp_path / "m.pt") == 4
+        cli_main("export", tmp_path, "--format", "torchscript", "--out", tmp_path / "m.pt") == 4
     )  # no checkpoint in the folder
     assert capsys.readouterr().err.count("\n") == 1
-    assert cli("predict", tmp_path / "nothing.pt", tmp_path) == 4
+    assert cli_main("predict", tmp_path / "nothing.pt", tmp_path) == 4
     assert capsys.readouterr().err.splitlines()[-1].startswith("error: checkpoint")
 
 

@@ -3,10 +3,10 @@ their data, interrupted runs explained, plots that show the real schedule."""
 
 import json
 import subprocess
-import sys
 
 import pytest
 import torch
+from conftest import cli_argv, cli_result, run_cli
 
 from cifar_resnet import __version__
 from cifar_resnet.checkpoint import checkpoint_files, load_checkpoint, prune, save_checkpoint
@@ -15,14 +15,9 @@ from cifar_resnet.progress import Progress, format_seconds
 QUICK = ["--batch-size", 16, "--device", "cpu", "--no-report"]
 
 
-def run(*args, timeout=300):
-    cmd = [sys.executable, "-m", "cifar_resnet", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-
-
-def test_a_log_file_gets_progress_lines_inside_an_epoch(tiny_folder, tmp_path, cache_dir):
+def test_a_log_file_gets_progress_lines_inside_an_epoch(tiny_folder, tmp_path, cache_dir, capsys):
     out = tmp_path / "run"
-    r = run("train", "--data", tiny_folder, "--out", out, "--epochs", 1, *QUICK)
+    r = cli_result(capsys, "train", "--data", tiny_folder, "--out", out, "--epochs", 1, *QUICK)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     first_epoch = next(i for i, line in enumerate(lines) if line.startswith("[1] "))
@@ -34,8 +29,8 @@ def test_a_log_file_gets_progress_lines_inside_an_epoch(tiny_folder, tmp_path, c
     assert steps[0] == "step,epoch,lr,loss,acc,images_per_s" and len(steps) == 1 + len(inside)
 
 
-def test_log_every_sets_the_interval(tiny_folder, tmp_path, cache_dir):
-    r = run("train", "--data", tiny_folder, "--out", tmp_path / "r", "--epochs", 1,
+def test_log_every_sets_the_interval(tiny_folder, tmp_path, cache_dir, capsys):
+    r = cli_result(capsys, "train", "--data", tiny_folder, "--out", tmp_path / "r", "--epochs", 1,
             "--batch-size", 4, "--device", "cpu", "--no-report", "--log-every", 5)  # fmt: skip
     assert r.returncode == 0, r.stderr
     logged = [line.split()[3] for line in r.stdout.splitlines() if line.startswith("epoch 1/1")]
@@ -60,36 +55,37 @@ def test_format_seconds():
 
 
 def test_flags_show_their_choices_and_the_version(tmp_path):
-    r = run("train", "--help")
+    r = run_cli("train", "--help")
     assert "{step,multistep,cosine,onecycle,constant}" in r.stdout
     assert "{seed,paper,fast}" in r.stdout and "STR" not in r.stdout
-    r = run("evaluate", "--help")
+    r = run_cli("evaluate", "--help")
     assert "--limit-train" not in r.stdout and "a GPU if one is visible" in r.stdout
-    r = run("--version")
+    r = run_cli("--version")
     assert r.returncode == 0 and r.stdout.strip() == f"cifar-resnet {__version__}"
 
 
-def test_paper_with_epochs_is_refused_and_steps_move_the_milestones(tiny_folder, tmp_path):
-    r = run("train", "--data", tiny_folder, "--out", tmp_path / "a", "--preset", "paper",
-            "--epochs", 2, *QUICK)  # fmt: skip
+def test_paper_with_epochs_is_refused_and_steps_move_the_milestones(tiny_folder, tmp_path, capsys):
+    r = cli_result(capsys, "train", "--data", tiny_folder, "--out", tmp_path / "a",
+                   "--preset", "paper", "--epochs", 2, *QUICK)  # fmt: skip
     assert r.returncode == 2 and "--epochs has no effect here" in r.stderr, r.stderr
-    r = run("train", "--data", tiny_folder, "--out", tmp_path / "b", "--preset", "paper",
-            "--steps", 6, *QUICK)  # fmt: skip
+    r = cli_result(capsys, "train", "--data", tiny_folder, "--out", tmp_path / "b",
+                   "--preset", "paper", "--steps", 6, *QUICK)  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "lr_milestones = [3, 4]" in (tmp_path / "b" / "config.toml").read_text()
-    r = run("train", "--data", tiny_folder, "--out", tmp_path / "c", "--preset", "paper",
-            "--steps", 6, "--lr-milestones", "100", *QUICK)  # fmt: skip
+    r = cli_result(capsys, "train", "--data", tiny_folder, "--out", tmp_path / "c",
+                   "--preset", "paper", "--steps", 6, "--lr-milestones", "100",
+                   *QUICK)  # fmt: skip
     assert "note: lr milestones 100 are at or past the run's last step (6)" in r.stdout
 
 
 def test_a_run_remembers_its_data_and_an_interrupted_checkpoint_is_named(
-    tiny_folder, tmp_path, cache_dir
+    tiny_folder, tmp_path, cache_dir, capsys
 ):
     """evaluate, report and --resume without --data; evaluate names the (newer, interrupted)
     checkpoint it used; the report's test figure is the final epoch's, as its table says."""
     out = tmp_path / "run"
-    r = run("train", "--data", tiny_folder, "--out", out, "--epochs", 2, "--batch-size", 16,
-            "--device", "cpu", "--tta", 1)  # fmt: skip
+    r = cli_result(capsys, "train", "--data", tiny_folder, "--out", out, "--epochs", 2,
+                   "--batch-size", 16, "--device", "cpu", "--tta", 1)  # fmt: skip
     assert r.returncode == 0, r.stderr
     final = json.loads((out / "summary.json").read_text())["test_accuracy"]
     # A Ctrl-C in epoch 3 would save a newer, mid-epoch checkpoint: one with other weights.
@@ -98,25 +94,26 @@ def test_a_run_remembers_its_data_and_an_interrupted_checkpoint_is_named(
     ckpt["model"] = {k: v.float().neg() if v.is_floating_point() else v
                      for k, v in ckpt["model"].items()}  # fmt: skip
     save_checkpoint(ckpt, out / "checkpoints" / "e0002-s0000007.pt")
-    r = run("evaluate", out)
+    r = cli_result(capsys, "evaluate", out)
     assert r.returncode == 0, r.stderr
     assert "e0002-s0000007.pt (interrupted in epoch 3 at step 7)" in r.stdout.splitlines()[0]
-    r = run("report", out)
+    r = cli_result(capsys, "report", out)
     assert r.returncode == 0, r.stderr
     report = (out / "report.md").read_text()
     assert f"| final test accuracy | {final:.2f}% (epoch 2) |" in report
     assert f"## Test set: {final:.2f}% of 16 images" in report
     assert "`checkpoints/e0002-s0000006.pt` (epoch 2 complete, step 6)" in report
     assert "test-time augmentation level 1" in report and "best test" not in report
-    r = run("train", "--resume", out, "--epochs", 3, "--quiet")
+    r = cli_result(capsys, "train", "--resume", out, "--epochs", 3, "--quiet")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["epochs"] == 3
 
 
-def test_json_floats_are_tidy(tiny_folder, tmp_path, cache_dir):
+def test_json_floats_are_tidy(tiny_folder, tmp_path, cache_dir, capsys):
     out = tmp_path / "run"
-    assert run("train", "--data", tiny_folder, "--out", out, "--epochs", 1, *QUICK).returncode == 0
-    r = run("evaluate", out, "--json")
+    r = cli_result(capsys, "train", "--data", tiny_folder, "--out", out, "--epochs", 1, *QUICK)
+    assert r.returncode == 0, r.stderr
+    r = cli_result(capsys, "evaluate", out, "--json")
     text = r.stdout
     assert json.loads(text)["count"] == 16
     numbers = [t for t in text.replace(",", " ").replace("]", " ").split() if "." in t]
@@ -158,7 +155,7 @@ def test_the_lr_plot_has_every_logged_step(tmp_path):
 def test_a_closed_pipe_is_not_a_traceback():
     """`cifar-resnet ... | head`: the reader goes away; exit 141 like a program SIGPIPE ends,
     nothing on stderr."""
-    p = subprocess.Popen([sys.executable, "-m", "cifar_resnet", "presets"],
+    p = subprocess.Popen(cli_argv("presets"),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
     p.stdout.close()  # before the command writes its first line
     _, err = p.communicate(timeout=120)

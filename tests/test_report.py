@@ -6,12 +6,12 @@ import sys
 import matplotlib  # noqa: E402,F401 - a test dependency
 import numpy as np
 import pytest
+from conftest import cli_main
 from matplotlib.text import Text
 from PIL import Image
-from test_predict_export import load_subset, train_tiny_run
+from test_predict_export import load_subset
 
 from cifar_resnet import plots as report  # the figures (sizes, plot_*) live in plots
-from cifar_resnet.cli import main
 from cifar_resnet.errors import UsageError
 from cifar_resnet.plots import DPI
 from cifar_resnet.report import write_report
@@ -19,12 +19,6 @@ from cifar_resnet.report import write_report
 
 def pixels(size: tuple[float, float]) -> tuple[int, int]:
     return round(size[0] * DPI), round(size[1] * DPI)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, cache_dir):
-    run, data = train_tiny_run(tmp_path_factory.mktemp("report"), cache_dir, epochs=2)
-    return run, data, cache_dir
 
 
 def check_png(path, size) -> None:
@@ -35,18 +29,13 @@ def check_png(path, size) -> None:
         assert hi - lo > 100  # something is drawn, not a blank canvas
 
 
-def cli(*argv) -> int:
-    """Run the command line (errors: one line on stderr) and return its exit code."""
-    return main([str(a) for a in argv])
-
-
 def images_in(markdown: str) -> list[str]:
     return re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown)
 
 
-def test_curves_only_without_data(trained, capsys):
-    run, _, _ = trained
-    assert cli("report", run) == 0
+def test_curves_only_without_data(subset_run, capsys):
+    run, _, _ = subset_run
+    assert cli_main("report", run) == 0
     assert "wrote" in capsys.readouterr().out
     check_png(run / "curves.png", report.CURVES_SIZE)
     md = (run / "report.md").read_text()
@@ -56,8 +45,8 @@ def test_curves_only_without_data(trained, capsys):
     assert not list(run.glob(".*.tmp"))
 
 
-def test_full_report_with_data(trained, capsys):
-    run, data, cache = trained
+def test_full_report_with_data(subset_run, capsys):
+    run, data, cache = subset_run
     written = write_report(run, load_subset(data, cache))
     names = [p.name for p in written]
     assert names == ["curves.png", "confusion.png", "per_class.png", "wrong.png", "report.md"]
@@ -73,19 +62,19 @@ def test_full_report_with_data(trained, capsys):
     assert "most confidently wrong" in md
 
     # The command line loads the data itself and writes the same files.
-    assert cli("report", run, "--data", data, "--cache-dir", cache) == 0
+    assert cli_main("report", run, "--data", data, "--cache-dir", cache) == 0
     assert capsys.readouterr().out.splitlines() == [f"wrote {p}" for p in written]
     assert (run / "report.md").read_text() == md
 
 
-def test_errors_are_one_line(trained, tmp_path, monkeypatch, capsys):
-    run, _, _ = trained
+def test_errors_are_one_line(subset_run, tmp_path, monkeypatch, capsys):
+    run, _, _ = subset_run
     with pytest.raises(UsageError, match="no metrics.csv"):
         write_report(tmp_path)
-    assert cli("report", tmp_path / "nope") == 2
+    assert cli_main("report", tmp_path / "nope") == 2
     assert capsys.readouterr().err.count("\n") == 1
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    assert cli("report", run) == 2
+    assert cli_main("report", run) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "pip install 'cifar-resnet[report]'" in err
 

@@ -6,24 +6,21 @@ Every run here is a real ``cifar-resnet train`` subprocess on a small synthetic 
 from its timing columns.
 """
 
-import csv
 import json
 import os
 import random
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
-import numpy as np
 import pytest
 import torch
-from conftest import one_line_error
-from PIL import Image
+from conftest import cli_argv, cli_result, noise_folder, one_line_error, run_cli
 
 from cifar_resnet.checkpoint import checkpoint_files, load_checkpoint
 from cifar_resnet.errors import EXIT_CHECKPOINT, EXIT_INTERRUPTED
+from cifar_resnet.rundir import read_metrics
 
 EPOCHS, STEPS_PER_EPOCH = 4, 15  # 3 classes x 40 training images at --batch-size 8
 TRAIN = [
@@ -41,41 +38,26 @@ TIMING = {"epoch_seconds", "images_per_s", "wall_seconds"}
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
-def cli(*args):
-    return [sys.executable, "-m", "cifar_resnet", *map(str, args)]
-
-
-def run(*args, timeout=300):
-    return subprocess.run(cli(*args), capture_output=True, text=True, timeout=timeout, env=ENV)
-
-
 @pytest.fixture(scope="module")
 def data3(tmp_path_factory):
     """3 classes x 40 training / 8 test images of 8x8: 15 steps an epoch at batch 8."""
-    rng = np.random.default_rng(7)
+    classes, counts = {"c0": 40, "c1": 128, "c2": 210}, {"train": 40, "test": 8}
     root = tmp_path_factory.mktemp("data3") / "three"
-    for split, n in (("train", 40), ("test", 8)):
-        for c, base in enumerate((40, 128, 210)):
-            folder = root / split / f"c{c}"
-            folder.mkdir(parents=True)
-            for i in range(n):
-                px = np.clip(base + rng.integers(-40, 40, (8, 8, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(px).save(folder / f"{i}.png")
-    return root
+    return noise_folder(root, classes, counts, size=8, spread=40, seed=7)
 
 
 @pytest.fixture(scope="module")
 def reference(data3, tmp_path_factory, cache_dir):
     """The uninterrupted run, started with ``--resume auto`` on a folder that does not exist."""
     out = tmp_path_factory.mktemp("reference") / "run"
-    r = run("train", "--data", data3, "--out", out, "--resume", "auto", *TRAIN)
+    r = run_cli("train", "--data", data3, "--out", out, "--resume", "auto", *TRAIN, env=ENV)
     assert r.returncode == 0, r.stderr
     return out, r
 
 
 def metrics(run_dir):
-    with open(run_dir / "metrics.csv") as f:
-        return [{k: v for k, v in row.items() if k not in TIMING} for row in csv.DictReader(f)]
+    """metrics.csv without its timing columns."""
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in read_metrics(run_dir)]
 
 
 def assert_same_run(run_dir, ref_dir):
@@ -140,7 +122,7 @@ def test_sigkill_at_random_moments_then_resume_auto_is_bitwise_equal(data3, refe
     rng = random.Random(20240611)
     out = tmp_path / "run"
     out.mkdir()  # an existing, empty run folder: --resume auto starts it
-    cmd = cli("train", "--data", data3, "--out", out, "--resume", "auto", *TRAIN)
+    cmd = cli_argv("train", "--data", data3, "--out", out, "--resume", "auto", *TRAIN)
     log = []  # (mode, newest checkpoint after the kill, temp file left by the kill)
     for mode in KILLS:
         before = newest_name(out)
@@ -161,7 +143,7 @@ def test_sigkill_at_random_moments_then_resume_auto_is_bitwise_equal(data3, refe
             assert f"resuming from {out / 'checkpoints' / before}" in stdout, stdout
         log.append((mode, newest_name(out), bool(temp_files(out))))
     before = newest_name(out)
-    r = run(*cmd[3:])
+    r = run_cli(*cmd[3:], env=ENV)
     assert r.returncode == 0, r.stderr
     assert f"resuming from {out / 'checkpoints' / before}" in r.stdout
     print("\nkills (mode, newest checkpoint after it, temp file left):", *log, sep="\n  ")
@@ -177,7 +159,7 @@ def test_signal_saves_exits_130_and_resume_is_bitwise_equal(data3, reference, tm
     ref_dir, _ = reference
     out = tmp_path / "run"
     p = subprocess.Popen(
-        cli("train", "--data", data3, "--out", out, *TRAIN),
+        cli_argv("train", "--data", data3, "--out", out, *TRAIN),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -199,7 +181,7 @@ def test_signal_saves_exits_130_and_resume_is_bitwise_equal(data3, reference, tm
     # epoch's files were written (no step is trained after a signal).
     assert STEPS_PER_EPOCH <= saved["state"]["step"] < EPOCHS * STEPS_PER_EPOCH
     assert not temp_files(out)
-    r = run("train", "--resume", out, "--data", data3, "--quiet")
+    r = run_cli("train", "--resume", out, "--data", data3, "--quiet", env=ENV)
     assert r.returncode == 0, r.stderr
     assert_same_run(out, ref_dir)
 
@@ -218,21 +200,12 @@ def test_resume_falls_back_past_a_truncated_newest_checkpoint(data3, reference, 
     gone.wait()  # a killed writer's temporary file carries its pid, no longer alive
     stray = out / "checkpoints" / f".{newest.name}.{gone.pid}.x1y2z3ab.tmp"
     stray.write_bytes(data[:4096])
-    r = run("train", "--resume", "auto", "--out", out, "--data", data3, *TRAIN)
+    r = run_cli("train", "--resume", "auto", "--out", out, "--data", data3, *TRAIN, env=ENV)
     assert r.returncode == 0, r.stderr
     assert "falling back" in r.stderr and newest.name in r.stderr
     assert f"resuming from {older}" in r.stdout
     assert not stray.exists()
     assert_same_run(out, ref_dir)
-
-
-def cli_main(capsys, *args):
-    """``cifar-resnet ARGS`` in this process (the checks fail before any training)."""
-    from cifar_resnet.cli import main
-
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return subprocess.CompletedProcess(args, code, captured.out, captured.err)
 
 
 def test_corrupt_checkpoints_are_one_line_errors_naming_the_file(
@@ -245,7 +218,7 @@ def test_corrupt_checkpoints_are_one_line_errors_naming_the_file(
     garbled = tmp_path / "garbled.pt"
     garbled.write_bytes(bytes(b ^ 0x5A for b in good[:64]) + good[64:])
     for path in (truncated, garbled):
-        r = cli_main(capsys, "evaluate", path, "--data", data3, "--device", "cpu")
+        r = cli_result(capsys, "evaluate", path, "--data", data3, "--device", "cpu")
         assert str(path) in one_line_error(r, EXIT_CHECKPOINT)
         assert "corrupt or truncated" in r.stderr and "weights_only" not in r.stderr
     # A run folder whose only checkpoint is garbage: refused, never started over.
@@ -254,7 +227,7 @@ def test_corrupt_checkpoints_are_one_line_errors_naming_the_file(
     only = out / "checkpoints" / "e0001-s0000015.pt"
     only.write_bytes(good[: len(good) // 2])
     for how in (["--resume", out], ["--resume", "auto", "--out", out]):
-        r = cli_main(capsys, "train", *how, "--data", data3, *TRAIN)
+        r = cli_result(capsys, "train", *how, "--data", data3, *TRAIN)
         line = one_line_error(r, EXIT_CHECKPOINT)
         assert str(only) in line and "no older checkpoint is valid" in line, how
     assert only.read_bytes() == good[: len(good) // 2]
@@ -262,6 +235,6 @@ def test_corrupt_checkpoints_are_one_line_errors_naming_the_file(
     # A run folder with no checkpoint at all cannot be continued by name.
     empty = tmp_path / "empty"
     empty.mkdir()
-    r = cli_main(capsys, "train", "--resume", empty, "--data", data3, *TRAIN)
+    r = cli_result(capsys, "train", "--resume", empty, "--data", data3, *TRAIN)
     assert "holds no checkpoint yet" in one_line_error(r, EXIT_CHECKPOINT)
     assert "--resume auto" in r.stderr

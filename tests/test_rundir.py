@@ -4,6 +4,7 @@ owned")."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import one_line_error
+from conftest import cli_result, make_tiny_folder, one_line_error, run_cli, train_small
 
 from cifar_resnet import files
 from cifar_resnet.checkpoint import (
@@ -33,11 +34,6 @@ from cifar_resnet.rundir import RunDir
 QUICK = ["--epochs", 2, "--batch-size", 16, "--device", "cpu", "--no-report"]
 
 
-def run(*args, timeout=300):
-    cmd = [sys.executable, "-m", "cifar_resnet", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-
-
 def snapshot(folder: Path) -> dict[str, bytes]:
     return {
         str(p.relative_to(folder)): p.read_bytes()
@@ -46,28 +42,37 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     }
 
 
+@pytest.fixture(scope="module")
+def trained_once(tmp_path_factory, cache_dir):
+    """One finished 2-epoch run on the tiny folder, trained once for the module."""
+    data = make_tiny_folder(tmp_path_factory.mktemp("rundir"))
+    train_small(data, data.parent / "run", *QUICK)
+    return data, data.parent / "run"
+
+
 @pytest.fixture
-def trained(tiny_folder, tmp_path, cache_dir):
-    out = tmp_path / "run"
-    r = run("train", "--data", tiny_folder, "--out", out, *QUICK)
-    assert r.returncode == 0, r.stderr
-    return tiny_folder, out
+def trained(trained_once, tmp_path):
+    """This test's own copy of the finished run (tests may change or break it)."""
+    data, run = trained_once
+    shutil.copytree(run, tmp_path / "run")
+    return data, tmp_path / "run"
 
 
-def test_a_new_run_into_a_run_folder_is_refused_and_touches_nothing(trained):
+def test_a_new_run_into_a_run_folder_is_refused_and_touches_nothing(trained, capsys):
     data, out = trained
     before = snapshot(out)
-    r = run("train", "--data", data, "--out", out, "--model", "resnet20", *QUICK)
+    r = cli_result(capsys, "train", "--data", data, "--out", out, "--model", "resnet20", *QUICK)
     line = one_line_error(r, EXIT_USAGE)
     assert "already holds a run" in line and f"--resume {out}" in line and "--overwrite" in line
     assert snapshot(out) == before
 
 
-def test_overwrite_replaces_the_old_run_entirely(trained):
+def test_overwrite_replaces_the_old_run_entirely(trained, capsys):
     data, out = trained
     assert [p.name for p in checkpoint_files(out)] == ["e0002-s0000006.pt", "e0001-s0000003.pt"]
-    r = run("train", "--data", data, "--out", out, "--model", "resnet20", "--epochs", 1,
-            "--batch-size", 16, "--device", "cpu", "--no-report", "--overwrite")  # fmt: skip
+    r = cli_result(capsys, "train", "--data", data, "--out", out, "--model", "resnet20",
+                   "--epochs", 1, "--batch-size", 16, "--device", "cpu", "--no-report",
+                   "--overwrite")  # fmt: skip
     assert r.returncode == 0, r.stderr
     names = [p.name for p in checkpoint_files(out)]
     assert names == ["e0001-s0000003.pt"]  # the old run's e0002 is gone
@@ -82,7 +87,7 @@ def test_a_second_process_on_a_locked_folder_is_refused_naming_the_holder(tiny_f
     holder = RunDir(out)
     holder.lock()
     try:
-        r = run("train", "--data", tiny_folder, "--out", out, *QUICK)
+        r = run_cli("train", "--data", tiny_folder, "--out", out, *QUICK)
         line = one_line_error(r, EXIT_LOCKED)
         assert f"pid {os.getpid()}" in line and "in use" in line
         assert not (out / "metrics.csv").exists()
@@ -90,12 +95,12 @@ def test_a_second_process_on_a_locked_folder_is_refused_naming_the_holder(tiny_f
         holder.unlock()
 
 
-def test_a_stale_lock_from_a_killed_process_never_blocks(tiny_folder, tmp_path, cache_dir):
+def test_a_stale_lock_from_a_killed_process_never_blocks(tiny_folder, tmp_path, cache_dir, capsys):
     out = tmp_path / "run"
     code = f"from cifar_resnet.rundir import RunDir; RunDir({str(out)!r}).lock(); import os; os.kill(os.getpid(), 9)"  # noqa: E501
     done = subprocess.run([sys.executable, "-c", code])
     assert done.returncode == -signal.SIGKILL and (out / ".lock").read_text().strip()
-    r = run("train", "--data", tiny_folder, "--out", out, "--resume", "auto", *QUICK)
+    r = cli_result(capsys, "train", "--data", tiny_folder, "--out", out, "--resume", "auto", *QUICK)
     assert r.returncode == 0, r.stderr
 
 
@@ -130,7 +135,7 @@ def test_a_full_tmpfs_as_out_is_a_one_line_error(tiny_folder, tmp_path, cache_di
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mnt)]).returncode:
         pytest.skip("this machine does not let root mount a tmpfs (no CAP_SYS_ADMIN)")
     try:
-        r = run("train", "--data", tiny_folder, "--out", mnt / "run", *QUICK)
+        r = run_cli("train", "--data", tiny_folder, "--out", mnt / "run", *QUICK)
         line = one_line_error(r, EXIT_OUTPUT)
         assert "the disk is full" in line
         assert not [p for p in (mnt / "run").rglob("*.tmp")]
@@ -167,21 +172,21 @@ def test_atomic_writes_fsync_before_rename_and_follow_the_umask(tmp_path, monkey
         (["--log-every", "-1"], "--log-every must be 0"),
     ],
 )
-def test_bad_values_are_one_line_errors(tiny_folder, tmp_path, cache_dir, args, match):
-    r = run("train", "--data", tiny_folder, "--out", tmp_path / "run", *QUICK, *args)
+def test_bad_values_are_one_line_errors(tiny_folder, tmp_path, cache_dir, args, match, capsys):
+    r = cli_result(capsys, "train", "--data", tiny_folder, "--out", tmp_path / "run", *QUICK, *args)
     assert match in one_line_error(r, EXIT_USAGE)
 
 
-def test_predict_image_size_is_bounded(trained):
+def test_predict_image_size_is_bounded(trained, capsys):
     data, out = trained
     image = next((data / "test").rglob("*.png"))
-    r = run("predict", out, image, "--image-size", 100000)
+    r = cli_result(capsys, "predict", out, image, "--image-size", 100000)
     assert "at most" in one_line_error(r, EXIT_USAGE)
 
 
-def test_resume_with_another_batch_size_is_refused(trained):
+def test_resume_with_another_batch_size_is_refused(trained, capsys):
     _, out = trained
-    r = run("train", "--resume", out, "--batch-size", 7, "--epochs", 3)
+    r = cli_result(capsys, "train", "--resume", out, "--batch-size", 7, "--epochs", 3)
     line = one_line_error(r, EXIT_USAGE)
     assert "--batch-size 7 differs from the run's 16" in line
 
@@ -206,21 +211,21 @@ def crafted(tmp_path: Path, good: Path, change) -> Path:
         (lambda c: c["config"].update(bogus=1), "unknown option 'bogus'"),
     ],
 )
-def test_crafted_checkpoints_are_one_line_errors(trained, tmp_path, change, match):
+def test_crafted_checkpoints_are_one_line_errors(trained, tmp_path, change, match, capsys):
     data, out = trained
     run_dir = tmp_path / "crafted-run"
     (run_dir / "checkpoints").mkdir(parents=True)
     path = crafted(tmp_path, checkpoint_files(out)[0], change)
     os.replace(path, run_dir / "checkpoints" / "e0002-s0000006.pt")
-    r = run("train", "--resume", run_dir, "--data", data)
+    r = cli_result(capsys, "train", "--resume", run_dir, "--data", data)
     assert match in one_line_error(r, EXIT_CHECKPOINT)
 
 
-def test_a_corrupt_newest_checkpoint_stops_counting_as_the_newest(trained):
+def test_a_corrupt_newest_checkpoint_stops_counting_as_the_newest(trained, capsys):
     data, out = trained
     newest = checkpoint_files(out)[0]
     newest.write_bytes(b"garbage")
-    r = run("train", "--resume", out, "--epochs", 3)
+    r = cli_result(capsys, "train", "--resume", out, "--epochs", 3)
     assert r.returncode == 0, r.stderr
     assert "falling back" in r.stderr and "Traceback" not in r.stderr
     assert newest.with_name(newest.name + ".bad").exists()
@@ -231,10 +236,10 @@ def test_a_corrupt_newest_checkpoint_stops_counting_as_the_newest(trained):
     assert summary["checkpoint"].endswith("e0003-s0000009.pt")
 
 
-def test_warnings_go_to_stderr_so_json_output_parses(trained):
+def test_warnings_go_to_stderr_so_json_output_parses(trained, capsys):
     _, out = trained
     checkpoint_files(out)[0].write_bytes(b"garbage")
-    r = run("evaluate", out, "--json")
+    r = cli_result(capsys, "evaluate", out, "--json")
     assert r.returncode == 0, r.stderr
     assert "falling back" in r.stderr
     result = json.loads(r.stdout)

@@ -6,15 +6,14 @@ import os
 import signal
 import statistics
 import subprocess
-import sys
 import time
 
 import pytest
+from conftest import cli_argv, cli_main, make_tiny_folder
 from PIL import Image
 
 import cifar_resnet
 from cifar_resnet.checkpoint import checkpoint_files
-from cifar_resnet.cli import main
 from cifar_resnet.config import resolve_config
 from cifar_resnet.data import load_data
 from cifar_resnet.errors import UsageError
@@ -25,43 +24,45 @@ FLAGS = ["--epochs", 2, "--batch-size", 16, "--deterministic", "--precision", "f
 FLAGS += ["--device", "cpu", "--no-report"]
 
 
-def cli(*argv) -> int:
-    """The command line in this process (errors: one line on stderr); its exit code."""
-    return main([str(a) for a in argv])
-
-
 def read(path) -> dict:
     return json.loads(path.read_text())
 
 
-def lone_digests(data, tmp_path, seeds, *extra) -> dict[int, str]:
+def lone_digests(data, tmp_path, seeds) -> dict[int, str]:
     """weights_sha256 of ``train --seed S`` for each seed, with the same flags."""
     digests = {}
     for s in seeds:
         out = tmp_path / f"lone-{s}"
-        assert cli("train", "--data", data, "--out", out, "--seed", s, *FLAGS, *extra) == 0
+        assert cli_main("train", "--data", data, "--out", out, "--seed", s, *FLAGS) == 0
         digests[s] = read(out / "summary.json")["weights_sha256"]
     return digests
 
 
-def test_three_seeds_equal_their_lone_runs_with_the_aggregate(
-    tiny_folder, tmp_path, cache_dir, capsys
-):
+@pytest.fixture(scope="module")
+def lone_runs(tmp_path_factory, cache_dir):
+    """The tiny folder and the lone run of each seed 0-2 in it, trained once for the module:
+    (data, the folder holding lone-S, {seed: weights_sha256})."""
+    root = tmp_path_factory.mktemp("lone")
+    data = make_tiny_folder(root)
+    return data, root, lone_digests(data, root, [0, 1, 2])
+
+
+def test_three_seeds_equal_their_lone_runs_with_the_aggregate(lone_runs, tmp_path, capsys):
+    data, lone_root, lone = lone_runs
     out = tmp_path / "seeds"
-    assert cli("train", "--data", tiny_folder, "--out", out, "--seeds", "0-1,2", *FLAGS) == 0
+    assert cli_main("train", "--data", data, "--out", out, "--seeds", "0-1,2", *FLAGS) == 0
     printed = capsys.readouterr().out
     result = read(out / "summary.json")
     assert result["seeds"] == [0, 1, 2] and sorted(result["runs"]) == ["0", "1", "2"]
     assert read(out / "seeds.json")["seeds"] == [0, 1, 2]
-    lone = lone_digests(tiny_folder, tmp_path, [0, 1, 2])
     for s in (0, 1, 2):
         summary = read(out / f"seed-{s}" / "summary.json")
         assert summary == result["runs"][str(s)]
         assert summary["weights_sha256"] == lone[s], f"seed {s} differs from its lone run"
         assert (out / f"seed-{s}" / "config.toml").read_text() == (
-            tmp_path / f"lone-{s}" / "config.toml"
+            lone_root / f"lone-{s}" / "config.toml"
         ).read_text()
-        assert read(out / f"seed-{s}" / "run.json")["data"] == str(tiny_folder)
+        assert read(out / f"seed-{s}" / "run.json")["data"] == str(data)
     assert len(set(lone.values())) == 3  # the seeds really differ
 
     agg = result["aggregate"]
@@ -93,12 +94,13 @@ def wait_for_checkpoint(p, run_dir, limit=120.0):
     return False
 
 
-def test_resume_after_kill_in_the_middle_seed(tiny_folder, tmp_path, cache_dir, capsys):
+def test_resume_after_kill_in_the_middle_seed(lone_runs, tmp_path, capsys):
+    """The resumed seeds equal their lone runs (trained without --save-every-steps: the saves
+    change nothing either)."""
+    data, _, lone = lone_runs
     out, extra = tmp_path / "seeds", ["--save-every-steps", 1]
-    cmd = [sys.executable, "-m", "cifar_resnet", "train", "--data", str(tiny_folder)]
-    cmd += ["--out", str(out), "--seeds", "0-2", *map(str, FLAGS + extra)]
     p = subprocess.Popen(
-        cmd,
+        cli_argv("train", "--data", data, "--out", out, "--seeds", "0-2", *FLAGS, *extra),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -117,7 +119,7 @@ def test_resume_after_kill_in_the_middle_seed(tiny_folder, tmp_path, cache_dir, 
     assert not (out / "seed-2").exists() and not (out / "summary.json").exists()
     kept = (out / "seed-0" / "summary.json").read_bytes()
 
-    assert cli("train", "--resume", out) == 0
+    assert cli_main("train", "--resume", out) == 0
     printed = capsys.readouterr().out
     assert "seed 0: finished (6 steps), kept as it is" in printed
     assert f"resuming from {out / 'seed-1' / 'checkpoints'}" in printed
@@ -126,12 +128,11 @@ def test_resume_after_kill_in_the_middle_seed(tiny_folder, tmp_path, cache_dir, 
     assert (
         sorted(result["runs"]) == ["0", "1", "2"] and result["aggregate"]["test_accuracy"]["n"] == 3
     )
-    lone = lone_digests(tiny_folder, tmp_path, [0, 1, 2], *extra)
     for s in (0, 1, 2):
         assert read(out / f"seed-{s}" / "summary.json")["weights_sha256"] == lone[s], s
         assert result["runs"][str(s)]["steps"] == 6
 
-    assert cli("train", "--resume", out) == 0  # all finished: nothing trains again
+    assert cli_main("train", "--resume", out) == 0  # all finished: nothing trains again
     assert capsys.readouterr().out.count("kept as it is") == 3
     assert read(out / "summary.json")["runs"] == result["runs"]
 
@@ -150,7 +151,7 @@ def test_resume_after_kill_in_the_middle_seed(tiny_folder, tmp_path, cache_dir, 
 )
 def test_bad_seed_lists_are_one_line_errors(tiny_folder, tmp_path, capsys, argv, message):
     out = tmp_path / "seeds"
-    assert cli("train", "--data", tiny_folder, "--out", out, *argv, *FLAGS) == 2
+    assert cli_main("train", "--data", tiny_folder, "--out", out, *argv, *FLAGS) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ") and message in err, err
     assert not out.exists()
@@ -159,7 +160,7 @@ def test_bad_seed_lists_are_one_line_errors(tiny_folder, tmp_path, capsys, argv,
 def test_seeds_with_resume_of_a_single_run_is_refused(tiny_folder, tmp_path, capsys):
     out = tmp_path / "lone"
     out.mkdir()
-    assert cli("train", "--resume", out, "--seeds", "0,1", *FLAGS) == 2
+    assert cli_main("train", "--resume", out, "--seeds", "0,1", *FLAGS) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not a multi-seed folder" in err
 
@@ -176,7 +177,7 @@ def test_api_and_report_of_a_multi_seed_folder(tiny_folder, tmp_path, cache_dir,
     with pytest.raises(UsageError, match="already holds a multi-seed run"):
         cifar_resnet.fit_seeds(config, bundle, out, [0, 1], device="cpu", quiet=True)
 
-    assert cli("report", out) == 0  # the data the seeds recorded: each seed's full report
+    assert cli_main("report", out) == 0  # the data the seeds recorded: each seed's full report
     wrote = capsys.readouterr().out.splitlines()
     assert f"wrote {out / 'seeds.png'}" in wrote and f"wrote {out / 'report.md'}" in wrote
     for s in (0, 1):

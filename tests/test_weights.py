@@ -2,13 +2,11 @@
 external weights loaded safely, fine-tuning from them, old checkpoints unchanged."""
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import CIFAR_JPEG, SHARED
+from conftest import CIFAR_JPEG, SHARED, cli_result, run_cli
 
 from cifar_resnet.checkpoint import build_model, model_options
 from cifar_resnet.errors import CheckpointError
@@ -20,11 +18,6 @@ needs_weights = pytest.mark.skipif(
     not (AKAMASTER.is_dir() and CIFAR_JPEG.is_dir()),
     reason="needs ../shared/peers/akamaster and ../shared/data/cifar10-jpeg",
 )
-
-
-def run(*args, timeout=600):
-    cmd = [sys.executable, "-m", "cifar_resnet", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
 def published(depth: int):
@@ -46,31 +39,37 @@ def test_old_checkpoints_keep_their_padding():
     assert model_options({"model_name": "resnet20b", "version": 1}) == {}
 
 
+# The published models score 91.7-93.4% on the 10,000 test images; a loading or preprocessing
+# mistake (padding, normalisation, channel order) falls far below 80% on any sizeable subset.
+# resnet20 is checked on the whole test set (the copy holds all 10,000); the deeper ones, up to
+# 3x its compute an image, on a stratified 2,000: the same verdict for a fifth of the time.
 @needs_weights
-@pytest.mark.parametrize("depth", [20, 32, 44, 56])
-def test_published_weights_score_as_published_on_this_copy(depth, cache_dir):
-    r = run("evaluate", "--weights", published(depth), "--model", f"resnet{depth}",
-            "--data", CIFAR_JPEG, "--normalize", "imagenet", "--json")  # fmt: skip
+@pytest.mark.parametrize("depth,images", [(20, 10000), (32, 2000), (44, 2000), (56, 2000)],
+                         ids=["20", "32", "44", "56"])  # fmt: skip
+def test_published_weights_score_as_published_on_this_copy(depth, images, cache_dir, capsys):
+    r = cli_result(capsys, "evaluate", "--weights", published(depth), "--model", f"resnet{depth}",
+            "--data", CIFAR_JPEG, "--normalize", "imagenet", "--json",
+            "--limit-test", images if images < 10000 else 0)  # fmt: skip
     assert r.returncode == 0, r.stderr
     import json
 
     result = json.loads(r.stdout)
-    assert result["count"] == 10000 and result["accuracy"] >= 80.0, result["accuracy"]
+    assert result["count"] == images and result["accuracy"] >= 80.0, result["accuracy"]
 
 
 @needs_weights
-def test_fine_tuning_starts_from_the_published_weights(tmp_path, cache_dir):
-    r = run("train", "--data", CIFAR_JPEG, "--out", tmp_path / "ft", "--preset", "paper",
-            "--steps", 4, "--lr", 0.001, "--lr-milestones", 1000, "--normalize", "imagenet",
-            "--init-from", published(20), "--limit-train", 512, "--limit-test", 1000,
-            "--no-report", "--quiet")  # fmt: skip
+def test_fine_tuning_starts_from_the_published_weights(tmp_path, cache_dir, capsys):
+    r = cli_result(capsys, "train", "--data", CIFAR_JPEG, "--out", tmp_path / "ft",
+            "--preset", "paper", "--steps", 4, "--lr", 0.001, "--lr-milestones", 1000,
+            "--normalize", "imagenet", "--init-from", published(20), "--limit-train", 512,
+            "--limit-test", 1000, "--no-report", "--quiet")  # fmt: skip
     assert r.returncode == 0, r.stderr
     import json
 
     summary = json.loads(r.stdout)
     assert summary["test_accuracy"] >= 75.0  # 4 steps from scratch: near chance
-    r = run("train", "--data", CIFAR_JPEG, "--out", tmp_path / "bad", "--model", "resnet32",
-            "--init-from", published(20), "--quiet")  # fmt: skip
+    r = cli_result(capsys, "train", "--data", CIFAR_JPEG, "--out", tmp_path / "bad",
+            "--model", "resnet32", "--init-from", published(20), "--quiet")  # fmt: skip
     assert r.returncode == 4 and "does not fit the model" in r.stderr, r.stderr
 
 
@@ -109,21 +108,23 @@ def test_weights_that_would_run_code_are_refused(tmp_path):
     assert not Evil.marker.exists()
 
 
-def test_mismatched_weights_are_one_line_errors_naming_keys(tmp_path, tiny_folder, cache_dir):
+def test_mismatched_weights_are_one_line_errors_naming_keys(
+    tmp_path, tiny_folder, cache_dir, capsys
+):
     torch.save({"state_dict": _state("resnet32")}, tmp_path / "r32.th")
-    r = run("evaluate", "--weights", tmp_path / "r32.th", "--model", "resnet20",
+    r = cli_result(capsys, "evaluate", "--weights", tmp_path / "r32.th", "--model", "resnet20",
             "--data", tiny_folder)  # fmt: skip
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 4 and len(lines) == 1, r.stderr
     assert "does not fit the model" in lines[0] and "layer1.3" in lines[0]
     torch.save({"nothing": 1}, tmp_path / "empty.th")
-    r = run("evaluate", "--weights", tmp_path / "empty.th", "--model", "resnet20",
+    r = cli_result(capsys, "evaluate", "--weights", tmp_path / "empty.th", "--model", "resnet20",
             "--data", tiny_folder)  # fmt: skip
     assert r.returncode == 4 and "holds no state dict" in r.stderr
 
 
 def test_models_lists_the_published_weights():
-    r = run("models")
+    r = run_cli("models")
     line = next(x for x in r.stdout.splitlines() if "resnet20-*.th" in x)
     assert "akamaster/pytorch_resnet_cifar10" in line and "--normalize imagenet" in line
 
