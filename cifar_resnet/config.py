@@ -26,6 +26,8 @@ NORMALIZATIONS = ("half", "dataset", "imagenet")
 FLOAT_LISTS = ("mean", "std")  # list fields of floats (the other list fields hold ints)
 PAD_MODES = ("zeros", "reflect")
 MAX_IMAGE_SIZE = 1024  # pixels a side: memory grows with its square (N images held at once)
+POLICIES = ("cifar10",)  # --autoaugment: Cubuk et al. 2019's learned policies we have
+MAX_BETA = 100.0  # mixup/CutMix alpha: beyond this lambda is 0.5 for every image anyway
 MAX_LR = 1e4  # above this every recipe diverges at once; a bigger value is a typo
 
 
@@ -64,6 +66,16 @@ class TrainConfig:
     pad_mode: str = "zeros"  # crop padding: "zeros" or "reflect" (mirror the border)
     flip: bool = True  # random horizontal flip, p = 0.5 per image
     alt_flip: bool = False  # flip each image in every other epoch (random first choice)
+    cutout: int = 0  # DeVries & Taylor: zero one N x N square per image, pixels (0 = off)
+    mixup: float = 0.0  # mixup's Beta(alpha, alpha), Zhang et al. 2018 (0 = off)
+    cutmix: float = 0.0  # CutMix's Beta(alpha, alpha), Yun et al. 2019 (0 = off)
+    mix_prob: float = 1.0  # mixup/CutMix: the share of images mixed (timm's mix_prob)
+    switch_prob: float = 0.5  # mixup and CutMix both on: the share that uses CutMix
+    autoaugment: str = ""  # "cifar10": Cubuk et al. 2019's CIFAR-10 policy ("" = off)
+    randaugment: list[int] = field(default_factory=list)  # [N, M]: N ops at magnitude M of 10
+    trivialaugment: bool = False  # TrivialAugment (Mueller & Hutter 2021), wide ranges
+    dropout: float = 0.0  # Wide ResNets: dropout probability between a block's two convs
+    lr_epochs: bool = False  # the lr changes once per epoch; lr_milestones count epochs
     normalize: str = "half"  # "half": mean = std = 0.5; "dataset": training set; "imagenet"
     mean: list[float] = field(default_factory=list)  # per channel, 0..1 scale; overrides normalize
     std: list[float] = field(default_factory=list)  # per channel, with mean
@@ -172,6 +184,38 @@ class TrainConfig:
             raise UsageError(f"ema is a decay per step in [0, 1), e.g. 0.999, got {self.ema}")
         if not 0 <= self.label_smoothing < 1:
             raise UsageError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        self._check_regularisers()
+
+    def _check_regularisers(self) -> None:
+        for name in ("mixup", "cutmix"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and 0 <= v <= MAX_BETA):
+                raise UsageError(
+                    f"{name} is a Beta distribution's alpha in 0..{MAX_BETA:g} (0 = off), "
+                    f"e.g. 1.0, got {v}"
+                )
+        for name in ("mix_prob", "switch_prob"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise UsageError(f"{name} is a probability in 0..1, got {getattr(self, name)}")
+        if not 0 <= self.dropout < 1:
+            raise UsageError(f"dropout is a probability in [0, 1), got {self.dropout}")
+        if not 0 <= self.cutout <= MAX_IMAGE_SIZE:
+            raise UsageError(
+                f"cutout is the side of the square in pixels, 0 (off) up to the image side, "
+                f"got {self.cutout}"
+            )
+        if self.randaugment:
+            n_m = self.randaugment
+            if len(n_m) != 2 or not (1 <= n_m[0] <= 10 and 0 <= n_m[1] <= 10):
+                raise UsageError(
+                    "randaugment is N,M: N ops per image (1..10) at magnitude M (0..10), "
+                    f"e.g. 2,9; got {','.join(map(str, n_m))}"
+                )
+        policies = [bool(self.autoaugment), bool(self.randaugment), self.trivialaugment]
+        if sum(policies) > 1:
+            raise UsageError(
+                "autoaugment, randaugment and trivialaugment are alternatives: choose one"
+            )
 
     def _check_choices(self) -> None:
         choices = {
@@ -184,6 +228,7 @@ class TrainConfig:
             "target_split": ("val", "test"),
             "pad_mode": PAD_MODES,
             "tta": (0, 1, 2),
+            "autoaugment": ("", *POLICIES),
         }
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
@@ -229,6 +274,44 @@ PRESETS: dict[str, dict[str, Any]] = {
         "padding": 4,
         "flip": True,
         "normalize": "dataset",
+    },
+    "resnet18": {
+        "_about": "kuangliu/pytorch-cifar main.py (github.com/kuangliu/pytorch-cifar): ResNet-18, "
+        "SGD 0.1, momentum 0.9, wd 5e-4, batch 128, cosine over 200 epochs stepped per epoch, "
+        "pad-4 crop + flip, mean/std (0.4914, 0.4822, 0.4465)/(0.2023, 0.1994, 0.2010)",
+        "model": "resnet18",
+        "epochs": 200,
+        "batch_size": 128,
+        "lr": 0.1,
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "schedule": "cosine",  # CosineAnnealingLR(T_max=200), .step() after every epoch
+        "lr_epochs": True,
+        "padding": 4,
+        "flip": True,
+        "mean": [0.4914, 0.4822, 0.4465],
+        "std": [0.2023, 0.1994, 0.2010],
+    },
+    "wrn": {
+        "_about": "Zagoruyko & Komodakis 2016 sec. 3 (WRN-28-10) as xternalz/WideResNet-pytorch "
+        "train.py: SGD 0.1 Nesterov, momentum 0.9, wd 5e-4, batch 128, lr x0.2 at epochs "
+        "60/120/160, 200 epochs, pad-4 crop (reflected border) + flip, per-channel mean/std",
+        "model": "wrn-28-10",
+        "epochs": 200,
+        "batch_size": 128,
+        "lr": 0.1,
+        "momentum": 0.9,
+        "nesterov": True,
+        "weight_decay": 5e-4,
+        "schedule": "multistep",
+        "lr_milestones": [60, 120, 160],  # epochs (lr_epochs)
+        "lr_gamma": 0.2,
+        "lr_epochs": True,
+        "padding": 4,
+        "pad_mode": "reflect",  # the paper: "filling missing pixels with reflections"
+        "flip": True,
+        "mean": [125.3 / 255, 123.0 / 255, 113.9 / 255],  # xternalz train.py's constants
+        "std": [63.0 / 255, 62.1 / 255, 66.7 / 255],
     },
     "fast": {
         "_about": "time to accuracy, after airbench (Jordan 2024): whitened residual net, "

@@ -6,8 +6,8 @@ from __future__ import annotations
 import sys
 
 import torch
-import torch.nn.functional as F
 
+from .mixing import hard_labels, mixed_loss
 from .runtime import Runtime
 
 
@@ -55,13 +55,15 @@ class Stepper:
     def _compute(self, x: torch.Tensor, y: torch.Tensor) -> None:
         with self.runtime.autocast():
             out = self.forward(x)
-        # BatchNorm runs in fp32 under autocast; the loss is computed in fp32 as well.
-        loss = F.cross_entropy(out.float(), y, label_smoothing=self.label_smoothing)
+        # BatchNorm runs in fp32 under autocast; the loss is computed in fp32 as well. ``y``
+        # is class indices, or soft targets (B, C) under mixup / CutMix: static shapes either
+        # way, no host sync (graph-safe).
+        loss = mixed_loss(out.float(), y, self.label_smoothing)
         loss.backward()
         self.optimizer.step()
         loss = loss.detach()
         self.loss_sum.add_(loss.double() * y.shape[0])
-        self.correct.add_((out.detach().argmax(1) == y).sum())
+        self.correct.add_((out.detach().argmax(1) == hard_labels(y)).sum())
         bad = (self.first_bad < 0) & ~torch.isfinite(loss)
         self.first_bad.copy_(torch.where(bad, self.counter, self.first_bad))
         self.counter.add_(1)

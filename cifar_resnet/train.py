@@ -25,7 +25,7 @@ from .errors import CheckpointError, CifarResnetError, DistributedError, UsageEr
 from .evaluate import check_classes
 from .loader import eval_loader
 from .loop import evaluate_model, train_epochs
-from .models import has_option_a, min_input_size
+from .models import check_model_name, has_option_a, min_input_size
 from .run import Run, RunState, make_run_checkpoint
 from .rundir import RunDir
 from .runtime import resolve_device, resolve_runtime, seed_everything
@@ -232,8 +232,15 @@ def _model_start(config: TrainConfig, resume: dict[str, Any] | None):
 
 
 def _check_input_size(config: TrainConfig, bundle: DataBundle) -> None:
-    """The model takes the images (checked before the run folder is touched)."""
+    """The model takes the images, the regularisers fit them (checked before the run folder
+    is touched)."""
+    check_model_name(model_name(config), config.dropout)
     side, least = int(bundle.train.images.shape[1]), min_input_size(model_name(config))
+    if config.cutout > side:
+        raise UsageError(
+            f"--cutout {config.cutout} is larger than the images ({side}x{side}); give a "
+            f"square side up to {side} (DeVries & Taylor: 16 for 32x32 CIFAR-10)"
+        )
     if side < least:
         raise UsageError(
             f"{model_name(config)} needs images of at least {least}x{least} pixels, these are "

@@ -79,8 +79,10 @@ def build_trainer(
         channels_last=runtime.channels_last,
         rank=dist_info.rank,
         world_size=dist_info.world_size,
+        num_classes=len(splits.classes),
     )
-    model = create_model(model_name(config), len(splits.classes), **(model_options or {}))
+    options = {**(model_options or {}), **({"dropout": config.dropout} if config.dropout else {})}
+    model = create_model(model_name(config), len(splits.classes), **options)
     model = model.to(dev)
     if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -13,6 +13,7 @@ from typing import Any
 from ..config import (
     NORMALIZATIONS,
     PAD_MODES,
+    POLICIES,
     PRECISIONS,
     SCHEDULES,
     TrainConfig,
@@ -55,6 +56,24 @@ FIELD_HELP = {
     "(airbench: fewer repeated views in short runs)",
     "tta": "test-time augmentation for the evaluations during training: 0 none, 1 mirror, "
     "2 mirror + 1-pixel translations (6 passes)",
+    "cutout": "cutout (DeVries & Taylor 2017): zero one N x N square per image after "
+    "normalising, at a uniform centre, clipped at the border; 16 for CIFAR-10, 8 for CIFAR-100",
+    "mixup": "mixup (Zhang et al. 2018): mix image pairs with lambda ~ Beta(ALPHA, ALPHA), "
+    "e.g. 1.0 (0.2 for ImageNet); the loss mixes the two labels",
+    "cutmix": "CutMix (Yun et al. 2019): paste a box of the partner image, its area from "
+    "Beta(ALPHA, ALPHA), e.g. 1.0; with --mixup too, --switch-prob chooses per image",
+    "mix_prob": "with --mixup/--cutmix: the share of images mixed (timm's mix_prob)",
+    "switch_prob": "with --mixup and --cutmix: the share of mixed images that use CutMix",
+    "autoaugment": "AutoAugment's learned policy (Cubuk et al. 2019), on the uint8 image after "
+    "crop and flip",
+    "randaugment": "RandAugment (Cubuk et al. 2020) N,M: N random ops per image at magnitude M "
+    "of 10, e.g. 2,9 (the paper's WRN-28-10 on CIFAR-10: 3,5)",
+    "trivialaugment": "TrivialAugment (Mueller & Hutter 2021): one random op per image at a "
+    "random magnitude, wide ranges",
+    "dropout": "Wide ResNets: dropout probability between the two convolutions of each block "
+    "(the WRN paper: 0.3)",
+    "lr_epochs": "count the schedule in epochs: the lr changes once per epoch (a torch scheduler "
+    "stepped per epoch, as kuangliu's and the WRN code) and --lr-milestones are epochs",
     "padding": "random-crop zero padding in pixels (seed 1, paper 4); 0 disables cropping",
     "flip": "random horizontal flips (--no-flip for data where left/right matters)",
     "normalize": "half: (x-0.5)/0.5 as the seed; dataset: training-set per-channel mean/std; "
@@ -103,6 +122,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "shortcut": ("A", "B"),
     "target_split": ("val", "test"),
     "tta": (0, 1, 2),
+    "autoaugment": POLICIES,
 }
 # The recipe fields `evaluate` takes: which images and how to run the model.
 EVAL_FIELDS = ("val_split", "limit_test", "image_size", "eval_batch_size", "precision")
