@@ -262,8 +262,9 @@ def equalize(x: torch.Tensor) -> torch.Tensor:
     value) // 255, lut[i] = (step // 2 + pixels below i) // step; identity where step is 0."""
     b, h, w, c = x.shape
     planes = x.permute(0, 3, 1, 2).reshape(b * c, h * w).long()
-    hist = torch.zeros(b * c, 256, dtype=torch.long, device=x.device)
-    hist.scatter_add_(1, planes, torch.ones_like(planes))
+    # One bincount over (plane, value) pairs: deterministic on GPUs too (no weights).
+    offset = 256 * torch.arange(b * c, device=x.device)[:, None]
+    hist = torch.bincount((planes + offset).flatten(), minlength=256 * b * c).view(b * c, 256)
     top = 255 - (hist.flip(1) > 0).long().argmax(1)  # the brightest value present
     step = (h * w - hist.gather(1, top[:, None]).squeeze(1)) // 255
     below = hist.cumsum(1) - hist  # pixels with a smaller value

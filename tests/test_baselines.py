@@ -336,3 +336,23 @@ def test_bad_regulariser_input_is_one_line_exit_2(flags, words, small, tmp_path,
     result = subprocess.CompletedProcess([], code, "", err)
     assert words in one_line_error(result, 2)
     assert not out.exists()  # nothing half-written
+
+
+def test_dropout_is_active_in_training_only():
+    torch.manual_seed(0)
+    model = create_model("wrn-10-1", 3, dropout=0.5)
+    x = torch.randn(2, 3, 8, 8)
+    assert not torch.equal(model.train()(x), model(x))
+    assert torch.equal(model.eval()(x), model(x))
+
+
+def test_regularisers_are_toml_keys_on_any_preset(tmp_path):
+    from cifar_resnet.config import config_to_toml, load_toml
+
+    values = {"cutout": 16, "mixup": 0.2, "cutmix": 1.0, "mix_prob": 0.5, "switch_prob": 0.3,
+              "randaugment": [3, 5], "dropout": 0.3, "model": "wrn-16-4"}  # fmt: skip
+    for preset in ("seed", "resnet18", "wrn", "fast"):
+        name, config = resolve_config(preset, file_values=values)
+        assert all(getattr(config, k) == v for k, v in values.items())
+        (tmp_path / "c.toml").write_text(config_to_toml(name, config))
+        assert resolve_config(file_values=load_toml(tmp_path / "c.toml"))[1] == config
