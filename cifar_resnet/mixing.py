@@ -12,9 +12,10 @@ mixup and CutMix, the policies of :mod:`.augment`, and the loss and accuracy ove
   image at the mirrored position of the same global batch (timm: ``x.flip(0)``); with both
   on, CutMix with probability ``switch_prob``; lambda ~ Beta(alpha, alpha); CutMix pastes the
   partner's box of side ``sqrt(1 - lambda)`` x the image's, centred uniformly and clipped,
-  and lambda is recomputed from the clipped box (timm's ``correct_lam``). The target is
-  ``lambda one_hot(a) + (1 - lambda) one_hot(b)``; :func:`mixed_loss` applies label smoothing
-  to it, which equals timm's mixing of smoothed one-hot targets.
+  and lambda is recomputed from the clipped box (timm's ``correct_lam``; timm cuts
+  ``side // 2`` each way from the centre, an even side; here the side itself, as cutout).
+  The target is ``lambda one_hot(a) + (1 - lambda) one_hot(b)``; :func:`mixed_loss` applies
+  label smoothing to it, which equals timm's mixing of smoothed one-hot targets.
 """
 
 from __future__ import annotations
