@@ -356,3 +356,19 @@ def test_regularisers_are_toml_keys_on_any_preset(tmp_path):
         assert all(getattr(config, k) == v for k, v in values.items())
         (tmp_path / "c.toml").write_text(config_to_toml(name, config))
         assert resolve_config(file_values=load_toml(tmp_path / "c.toml"))[1] == config
+
+
+def test_models_command_lists_the_baselines_with_sources_and_counts(capsys):
+    from cifar_resnet.cli import main
+
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    lines = {line.split()[0]: line for line in out if line[0] != " "}
+    for name, count, source in [
+        ("resnet18", "11,173,962", "kuangliu"),
+        ("resnet34", "21,282,122", "kuangliu"),
+        ("preact-resnet18", "11,171,146", "kuangliu"),
+        ("wrn-28-10", "36,479,194", "xternalz"),
+        ("wrn-16-4", "2,748,890", "xternalz"),
+    ]:
+        assert count in lines[name] and source in lines[name], lines[name]
