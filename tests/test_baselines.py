@@ -225,7 +225,7 @@ def preset_run(preset, flags, bundle, tmp_path):
     torch.save(initial, tmp_path / "init.pt")
     config.init_from = str(tmp_path / "init.pt")
     summary = fit(config, bundle, tmp_path / "run", preset=preset, device="cpu", quiet=True)
-    assert summary["steps"] == 30
+    assert summary["steps"] == 6 * config.epochs
     final = load_checkpoint(summary["checkpoint"])["model"]
     splits = splits_for(bundle, config)
     loader = train_loader(splits.train.images, splits.train.labels, config,
