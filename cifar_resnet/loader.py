@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from .config import TrainConfig
 from .data import RunSplits
+from .mixing import BatchAugment
 from .runtime import Runtime
 
 
@@ -69,6 +70,7 @@ class DeviceLoader:
         rank: int = 0,
         world_size: int = 1,
         chunk: int = 4096,
+        extra: BatchAugment | None = None,
     ):
         self.device = torch.device(device)
         self.images = torch.as_tensor(images).to(self.device)  # (N, H, W, 3) uint8
@@ -86,6 +88,8 @@ class DeviceLoader:
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
         self.chunk = chunk
+        # Cutout, mixup/CutMix and the policies (train only); mixing yields soft targets (B, C).
+        self.extra = extra if extra is not None and extra.active and train else None
         # (x / 255 - mean) / std == x * scale + shift, per channel.
         std_t = torch.tensor(std, dtype=torch.float32, device=self.device)
         mean_t = torch.tensor(mean, dtype=torch.float32, device=self.device)
@@ -118,6 +122,15 @@ class DeviceLoader:
             flips.zero_()
         return perm, offsets, flips
 
+    def extra_plan(self, epoch: int) -> dict[str, torch.Tensor]:
+        """The regularisers' per-image parameters of ``epoch``, by position in its order: from
+        a generator of their own, so that the permutation, crops and flips are the same with
+        and without them."""
+        if self.extra is None:
+            return {}
+        g = _epoch_generator(self.seed ^ 0x5EED_A06, epoch)
+        return self.extra.draw(len(self.labels), *self.images.shape[1:3], g)
+
     def _eval_shard(self) -> torch.Tensor:
         n = len(self.labels)
         return torch.tensor_split(torch.arange(n), self.world_size)[self.rank]
@@ -145,36 +158,58 @@ class DeviceLoader:
         batch is a slice of the chunk: a batch costs no kernel launches of its own.
         """
         positions, sizes = self._local_positions()
-        if self.train:
-            perm, offsets, flips = self.epoch_plan(self.epoch)
-            order = perm[positions]
-            offsets, flips = offsets[positions], flips[positions]
-        else:
-            order, offsets, flips = positions, None, None
         bounds = [0]
         for s in sizes:
             bounds.append(bounds[-1] + s)
         per_chunk = max(1, self.chunk // self.batch_size)
+        plan = self._plan() if self.train else None
         for c in range(start, len(sizes), per_chunk):
             lo, hi = bounds[c], bounds[min(c + per_chunk, len(sizes))]
-            idx = order[lo:hi].to(self.device)
-            x = self.augment(
-                self.images[idx],
-                None if offsets is None else offsets[lo:hi].to(self.device),
-                None if flips is None else flips[lo:hi].to(self.device),
-            )
-            y = self.labels[idx]
+            x, y = self._chunk(positions[lo:hi], plan)
             for i in range(c, min(c + per_chunk, len(sizes))):
                 a, z = bounds[i] - lo, bounds[i + 1] - lo
                 yield x[a:z], y[a:z]
+
+    def _plan(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        return (*self.epoch_plan(self.epoch), self.extra_plan(self.epoch))
+
+    def _chunk(self, pos: torch.Tensor, plan) -> tuple[torch.Tensor, torch.Tensor]:
+        """The images and targets at positions ``pos`` of the epoch's order, augmented; with
+        mixup / CutMix mixed with their partners (the mirrored position in the same global
+        batch, augmented as on the rank that trains it): soft targets (B, C)."""
+        if plan is None:
+            idx = pos.to(self.device)
+            return self.augment(self.images[idx]), self.labels[idx]
+        x, y = self._augmented(pos, plan)
+        if self.extra is not None and self.extra.mixing:
+            n, b = len(self.labels), self.batch_size
+            first = pos // b * b
+            partner = first + torch.clamp(first + b, max=n) - 1 - pos
+            x2, y2 = self._augmented(partner, plan)
+            x, y = self.extra.mix(x, y, x2, y2, {k: v[pos] for k, v in plan[3].items()})
+        return x, y
+
+    def _augmented(self, pos: torch.Tensor, plan) -> tuple[torch.Tensor, torch.Tensor]:
+        perm, offsets, flips, extra = plan
+        idx = perm[pos].to(self.device)
+        x = self.augment(
+            self.images[idx],
+            offsets[pos].to(self.device),
+            flips[pos].to(self.device),
+            {k: v[pos] for k, v in extra.items()},
+        )
+        return x, self.labels[idx]
 
     def augment(
         self,
         x: torch.Tensor,
         offsets: torch.Tensor | None = None,
         flips: torch.Tensor | None = None,
+        extra: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """uint8 (B, H, W, 3) -> normalised float (B, 3, H, W), cropped and flipped if given."""
+        """uint8 (B, H, W, 3) -> normalised float (B, 3, H, W), cropped and flipped if given,
+        then (with ``extra``'s rows for these images) the policy's ops before normalising and
+        cutout after."""
         b, h, w, _ = x.shape
         if offsets is not None and self.padding > 0 and self.train:
             p = self.padding
@@ -189,8 +224,12 @@ class DeviceLoader:
             ]
         if flips is not None:
             x = torch.where(flips[:, None, None, None], x.flip(2), x)
+        if extra and self.extra is not None:
+            x = self.extra.policy_ops(x, extra)
         x = x.permute(0, 3, 1, 2)  # (B, 3, H, W) view, channels_last in memory
         x = x.float().mul_(self.scale).add_(self.shift)
+        if extra and self.extra is not None:
+            x = self.extra.apply_cutout(x, extra)
         if not self.channels_last:
             x = x.contiguous()
         return x
@@ -221,7 +260,8 @@ def _placement(splits: RunSplits, runtime: Runtime) -> dict[str, Any]:
 
 def train_loader(splits: RunSplits, config: TrainConfig, runtime: Runtime) -> DeviceLoader:
     """The run's training loader: its training images, shuffled and augmented as ``config``
-    says, normalised with the run's statistics, this process's shard on its device."""
+    says (crop, flip and the regularisers; mixup / CutMix's soft targets over the run's
+    classes), normalised with the run's statistics, this process's shard on its device."""
     return DeviceLoader(
         splits.train.images,
         splits.train.labels,
@@ -232,7 +272,23 @@ def train_loader(splits: RunSplits, config: TrainConfig, runtime: Runtime) -> De
         flip=config.flip,
         alt_flip=config.alt_flip,
         seed=config.seed,
+        extra=batch_augment(config, len(splits.classes)),
         **_placement(splits, runtime),
+    )
+
+
+def batch_augment(config: TrainConfig, num_classes: int) -> BatchAugment:
+    """The regularisers ``config`` asks for beyond crop and flip."""
+    return BatchAugment(
+        cutout=config.cutout,
+        mixup=config.mixup,
+        cutmix=config.cutmix,
+        mix_prob=config.mix_prob,
+        switch_prob=config.switch_prob,
+        policy=config.autoaugment,
+        randaugment=tuple(config.randaugment) if config.randaugment else None,
+        trivial=config.trivialaugment,
+        num_classes=num_classes,
     )
 
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import UsageError
+from .models_baselines import KuangliuResNet, PreActResNet, WideResNet, parse_wrn
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 _DESCRIPTIONS: dict[str, str] = {}
@@ -36,6 +37,9 @@ PUBLISHED_WEIGHTS = {
     f"{d}-*.th (trained with --normalize imagenet)"
     for d in (20, 32, 44, 56, 110)
 }
+
+
+HE_DEPTHS = (20, 32, 44, 56, 110)  # He et al. 2016 section 4.2's CIFAR ResNets
 
 
 def register_model(name: str, description: str):
@@ -58,16 +62,44 @@ def list_models() -> dict[str, str]:
 
 def has_option_a(name: str) -> bool:
     """True for the He et al. ResNets with option A shortcuts (``resnetN``, not ``resnetNb``)."""
-    return name.startswith("resnet") and not name.endswith("b")
+    return name in {f"resnet{d}" for d in HE_DEPTHS}
 
 
-def create_model(name: str, num_classes: int = 10, option_a_pad: str | None = None) -> nn.Module:
-    """Build a registered model; an unknown name is a UsageError listing the valid ones.
-    ``option_a_pad`` (see OPTION_A_PADS) only for models with option A shortcuts."""
+def has_dropout(name: str) -> bool:
+    """True for the models that take ``dropout`` (the Wide ResNets)."""
+    return name.startswith("wrn-")
+
+
+def check_model_name(name: str, dropout: float = 0.0) -> None:
+    """A UsageError unless ``name`` is a registered model or a valid ``wrn-D-K``, and
+    ``dropout`` (if any) applies to it."""
     if name not in _REGISTRY:
-        raise UsageError(f"unknown model {name!r}; valid models: {', '.join(_REGISTRY)}")
+        try:
+            wrn = parse_wrn(name)
+        except ValueError as e:
+            raise UsageError(f"{e}") from None
+        if wrn is None:
+            valid = ", ".join([*_REGISTRY, "wrn-D-K"])
+            raise UsageError(f"unknown model {name!r}; valid models: {valid}")
+    if dropout and not has_dropout(name):
+        raise UsageError(
+            f"--dropout applies to the Wide ResNets (wrn-D-K) only; {name} has no dropout: "
+            "drop --dropout or choose a wrn model"
+        )
+
+
+def create_model(
+    name: str, num_classes: int = 10, option_a_pad: str | None = None, dropout: float = 0.0
+) -> nn.Module:
+    """Build a registered model (or ``wrn-D-K``); an unknown name is a UsageError listing the
+    valid ones. ``option_a_pad`` (see OPTION_A_PADS) only for models with option A shortcuts;
+    ``dropout`` (probability) only for the Wide ResNets."""
+    check_model_name(name, dropout)
     if num_classes < 2:
         raise UsageError(f"a classifier needs at least 2 classes, got {num_classes}")
+    wrn = parse_wrn(name)
+    if wrn is not None:
+        return WideResNet(*wrn, num_classes=num_classes, dropout=dropout)
     if option_a_pad is None:
         return _REGISTRY[name](num_classes=num_classes)
     if not has_option_a(name) or option_a_pad not in OPTION_A_PADS:
@@ -79,16 +111,18 @@ def create_model(name: str, num_classes: int = 10, option_a_pad: str | None = No
 class ModelSpec:
     """All that builds a model, resolved once: the registry name (a run's ``shortcut``
     already folded into it), the class count, and for option A ResNets where the shortcut's
-    zero channels go. Training and checkpoints build their models from it alike."""
+    zero channels go, and the Wide ResNets' dropout (training only: not a checkpoint option,
+    the run's recipe holds it). Training and checkpoints build their models from it alike."""
 
     name: str
     num_classes: int = 10
     option_a_pad: str | None = None
+    dropout: float = 0.0
 
     @classmethod
-    def new(cls, name: str, num_classes: int) -> ModelSpec:
+    def new(cls, name: str, num_classes: int, dropout: float = 0.0) -> ModelSpec:
         """A new model's spec: option A ResNets pad as the published PyTorch weights expect."""
-        return cls(name, num_classes, "both" if has_option_a(name) else None)
+        return cls(name, num_classes, "both" if has_option_a(name) else None, dropout)
 
     @property
     def options(self) -> dict[str, str]:
@@ -96,7 +130,7 @@ class ModelSpec:
         return {} if self.option_a_pad is None else {"option_a_pad": self.option_a_pad}
 
     def build(self) -> nn.Module:
-        return create_model(self.name, self.num_classes, self.option_a_pad)
+        return create_model(self.name, self.num_classes, self.option_a_pad, self.dropout)
 
 
 def min_input_size(name: str) -> int:
@@ -224,8 +258,38 @@ def _register_he(depth: int) -> None:
         register_model(name, f"He et al. 2016 ResNet-{depth} ({kind} shortcuts)")(factory)
 
 
-for _depth in (20, 32, 44, 56, 110):
+for _depth in HE_DEPTHS:
     _register_he(_depth)
+
+
+# ------------------------------------------------------------ today's baselines (kuangliu)
+
+
+@register_model("resnet18", "ResNet-18 of kuangliu/pytorch-cifar models/resnet.py (64-512)")
+def resnet18(num_classes: int = 10) -> KuangliuResNet:
+    """kuangliu/pytorch-cifar's ``ResNet18()``: He et al. 2016's ImageNet ResNet-18 with a 3x3
+    stem and no max pool; 11,173,962 parameters for 10 classes."""
+    return KuangliuResNet(BasicBlock, (2, 2, 2, 2), num_classes)
+
+
+@register_model("resnet34", "ResNet-34 of kuangliu/pytorch-cifar models/resnet.py (64-512)")
+def resnet34(num_classes: int = 10) -> KuangliuResNet:
+    """kuangliu/pytorch-cifar's ``ResNet34()``: 21,282,122 parameters for 10 classes."""
+    return KuangliuResNet(BasicBlock, (3, 4, 6, 3), num_classes)
+
+
+@register_model("preact-resnet18", "PreAct ResNet-18 of kuangliu/pytorch-cifar (He et al. 2016b)")
+def preact_resnet18(num_classes: int = 10) -> PreActResNet:
+    """kuangliu/pytorch-cifar's ``PreActResNet18()``: 11,171,146 parameters for 10 classes."""
+    return PreActResNet((2, 2, 2, 2), num_classes)
+
+
+# Wide ResNets are built for any wrn-D-K name (create_model); `cifar-resnet models` lists these.
+WRN_EXAMPLES = ("wrn-16-4", "wrn-16-8", "wrn-28-10", "wrn-40-4")
+WRN_ABOUT = (
+    "Wide ResNet-D-K, D = 6n+4, of xternalz/WideResNet-pytorch (Zagoruyko & Komodakis 2016); "
+    "--dropout P"
+)
 
 
 # ----------------------------------------------------------------------------- fast preset

@@ -23,9 +23,14 @@ def lr_at(config: TrainConfig, step: int, steps_per_epoch: int, total_steps: int
     ``lr_start_factor * lr`` over ``warmup_steps`` (``warmup_fraction`` of the run when 0) and
     falls linearly to ``lr_end_factor * lr`` at the last step (airbench: 0.2, 23%, 0.07);
     "cosine" decays to zero on a half cosine. Other schedules scale linearly from 0 over the
-    first ``warmup_steps`` steps.
+    first ``warmup_steps`` steps. With ``lr_epochs`` the schedule counts epochs, as a torch
+    scheduler stepped after every epoch (kuangliu's CosineAnnealingLR, the WRN MultiStepLR):
+    the lr is constant within an epoch and ``lr_milestones`` are epochs.
     """
     base = config.lr
+    warm_step = step
+    if config.lr_epochs:
+        step, total_steps = step // steps_per_epoch, -(-total_steps // steps_per_epoch)
     if config.schedule == "onecycle":
         warm = config.warmup_steps or max(1, round(config.warmup_fraction * total_steps))
         lo, hi = config.lr_start_factor, config.lr_end_factor
@@ -34,15 +39,16 @@ def lr_at(config: TrainConfig, step: int, steps_per_epoch: int, total_steps: int
         frac = max(0.0, (total_steps - step) / max(1, total_steps - warm))
         return base * (hi + (1 - hi) * frac)
     if config.schedule == "step":
-        lr = base * config.lr_gamma ** ((step // steps_per_epoch) // config.lr_step)
+        epoch = step if config.lr_epochs else step // steps_per_epoch
+        lr = base * config.lr_gamma ** (epoch // config.lr_step)
     elif config.schedule == "multistep":
         lr = base * config.lr_gamma ** sum(step >= m for m in config.lr_milestones)
     elif config.schedule == "cosine":
         lr = 0.5 * base * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
     else:
         lr = base
-    if step < config.warmup_steps:
-        lr *= (step + 1) / config.warmup_steps
+    if warm_step < config.warmup_steps:
+        lr *= (warm_step + 1) / config.warmup_steps
     return lr
 
 

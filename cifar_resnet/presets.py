@@ -89,4 +89,48 @@ PRESETS: dict[str, dict[str, Any]] = {
             "early_scale": 0.75,
         },
     },
+    "resnet18": {
+        "_for": "today's usual CIFAR-10 baseline (kuangliu/pytorch-cifar's ResNet-18 recipe)",
+        "_takes": "200 epochs of an 11M-parameter net: GPU hours (not measured here); days on "
+        "a CPU",
+        "_about": "kuangliu/pytorch-cifar main.py (github.com/kuangliu/pytorch-cifar): ResNet-18, "
+        "SGD 0.1, momentum 0.9, wd 5e-4, batch 128, cosine over 200 epochs stepped per epoch, "
+        "pad-4 crop + flip, mean/std (0.4914, 0.4822, 0.4465)/(0.2023, 0.1994, 0.2010)",
+        "model": "resnet18",
+        "epochs": 200,
+        "batch_size": 128,
+        "lr": 0.1,
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "schedule": "cosine",  # CosineAnnealingLR(T_max=200), .step() after every epoch
+        "lr_epochs": True,
+        "padding": 4,
+        "flip": True,
+        "mean": [0.4914, 0.4822, 0.4465],
+        "std": [0.2023, 0.1994, 0.2010],
+    },
+    "wrn": {
+        "_for": "the Wide ResNet paper's recipe (WRN-28-10; any wrn-D-K with --model)",
+        "_takes": "200 epochs of a 36M-parameter net: many GPU hours (not measured here); not "
+        "for a CPU",
+        "_about": "Zagoruyko & Komodakis 2016 sec. 3 (WRN-28-10) as xternalz/WideResNet-pytorch "
+        "train.py: SGD 0.1 Nesterov, momentum 0.9, wd 5e-4, batch 128, lr x0.2 at epochs "
+        "60/120/160, 200 epochs, pad-4 crop (reflected border) + flip, per-channel mean/std",
+        "model": "wrn-28-10",
+        "epochs": 200,
+        "batch_size": 128,
+        "lr": 0.1,
+        "momentum": 0.9,
+        "nesterov": True,
+        "weight_decay": 5e-4,
+        "schedule": "multistep",
+        "lr_milestones": [60, 120, 160],  # epochs (lr_epochs)
+        "lr_gamma": 0.2,
+        "lr_epochs": True,
+        "padding": 4,
+        "pad_mode": "reflect",  # the paper: "filling missing pixels with reflections"
+        "flip": True,
+        "mean": [125.3 / 255, 123.0 / 255, 113.9 / 255],  # xternalz train.py's constants
+        "std": [63.0 / 255, 62.1 / 255, 66.7 / 255],
+    },
 }

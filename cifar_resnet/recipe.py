@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .errors import UsageError
+from .regularisers import POLICIES, check_regularisers
 
 SCHEDULES = ("step", "multistep", "cosine", "onecycle", "constant")
 # No fp16: it needs loss scaling (a GradScaler) to train safely; bf16 has fp32's range.
@@ -187,6 +188,60 @@ class TrainConfig:
         "flip each image in every other epoch instead of at random each epoch (airbench: fewer "
         "repeated views in short runs)",
     )
+    cutout: int = knob(
+        0,
+        AUGMENT,
+        "cutout (DeVries & Taylor 2017): zero one N x N square per image after normalising, at a "
+        "uniform centre, clipped at the border; 16 for CIFAR-10, 8 for CIFAR-100 (0 = off)",
+    )
+    mixup: float = knob(
+        0.0,
+        AUGMENT,
+        "mixup (Zhang et al. 2018): mix image pairs with lambda ~ Beta(ALPHA, ALPHA), e.g. 1.0 "
+        "(0.2 for ImageNet; 0 = off); the loss mixes the two labels",
+    )
+    cutmix: float = knob(
+        0.0,
+        AUGMENT,
+        "CutMix (Yun et al. 2019): paste a box of the partner image, its area from Beta(ALPHA, "
+        "ALPHA), e.g. 1.0 (0 = off); with --mixup too, --switch-prob chooses per image",
+    )
+    mix_prob: float = knob(
+        1.0, AUGMENT, "with --mixup/--cutmix: the share of images mixed (timm's mix_prob)"
+    )
+    switch_prob: float = knob(
+        0.5, AUGMENT, "with --mixup and --cutmix: the share of mixed images that use CutMix"
+    )
+    autoaugment: str = knob(
+        "",
+        AUGMENT,
+        "AutoAugment's learned policy (Cubuk et al. 2019), on the uint8 image after crop and flip",
+        ("", *POLICIES),
+    )
+    randaugment: list[int] = knob(
+        [],
+        AUGMENT,
+        "RandAugment (Cubuk et al. 2020) N,M: N random ops per image at magnitude M of 10, e.g. "
+        "2,9 (the paper's WRN-28-10 on CIFAR-10: 3,5)",
+    )
+    trivialaugment: bool = knob(
+        False,
+        AUGMENT,
+        "TrivialAugment (Mueller & Hutter 2021): one random op per image at a random magnitude, "
+        "wide ranges",
+    )
+    dropout: float = knob(
+        0.0,
+        MODEL,
+        "Wide ResNets: dropout probability between the two convolutions of each block (the WRN "
+        "paper: 0.3)",
+    )
+    lr_epochs: bool = knob(
+        False,
+        SCHEDULE,
+        "count the schedule in epochs: the lr changes once per epoch (a torch scheduler stepped "
+        "per epoch, as kuangliu's and the WRN code) and --lr-milestones are epochs",
+    )
     normalize: str = knob(
         "half",
         DATA,
@@ -305,6 +360,7 @@ class TrainConfig:
         """Raise UsageError on values no run can use."""
         self._check_counts()
         self._check_numbers()
+        check_regularisers(self, MAX_IMAGE_SIZE)
         self._check_choices()
         if self.target_accuracy and self.target_split == "val" and not self.val_split:
             raise UsageError(

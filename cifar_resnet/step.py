@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from .config import early_steps
 from .loader import DeviceLoader, downscale
+from .mixing import hard_labels, mixed_loss
 from .optim import Lookahead, Schedule, set_lr, update_ema
 from .runtime import Runtime
 
@@ -37,7 +37,7 @@ class StepCounters:
 
     def add(self, loss: torch.Tensor, out: torch.Tensor, y: torch.Tensor) -> None:
         self.loss_sum.add_(loss.double() * y.shape[0])
-        self.correct.add_((out.argmax(1) == y).sum())
+        self.correct.add_((out.argmax(1) == hard_labels(y)).sum())
         bad = (self.first_bad < 0) & ~torch.isfinite(loss)
         self.first_bad.copy_(torch.where(bad, self.step, self.first_bad))
         self.step.add_(1)
@@ -142,8 +142,10 @@ def train_step(t: Trainer, x: torch.Tensor, y: torch.Tensor, step: int) -> None:
     def device_part(x: torch.Tensor, y: torch.Tensor) -> None:  # what a CUDA graph replays
         with t.runtime.autocast():
             out = t.forward(x)
-        # BatchNorm runs in fp32 under autocast; the loss is computed in fp32 as well.
-        loss = F.cross_entropy(out.float(), y, label_smoothing=t.label_smoothing)
+        # BatchNorm runs in fp32 under autocast; the loss is computed in fp32 as well. ``y``
+        # is class indices, or soft targets (B, C) under mixup / CutMix: static shapes either
+        # way, no host sync (graph-safe).
+        loss = mixed_loss(out.float(), y, t.label_smoothing)
         loss.backward()
         t.optimizer.step()
         t.counters.add(loss.detach(), out.detach(), y)

@@ -24,7 +24,7 @@ from .errors import CheckpointError, CifarResnetError, DistributedError, UsageEr
 from .evaluate import check_classes
 from .loader import eval_loaders
 from .loop import evaluate_model, train_epochs, train_steps
-from .models import ModelSpec, min_input_size
+from .models import ModelSpec, check_model_name, min_input_size
 from .optim import Schedule
 from .run import Run, RunOptions, RunState, make_run_checkpoint
 from .rundir import RunDir
@@ -226,17 +226,24 @@ def _set_up(config, bundle, folder, preset, resume, dist_info, dev, options: Run
 def _model_spec(config: TrainConfig, num_classes: int, resume: dict[str, Any] | None):
     """(the model's spec, starting weights or None): a resumed run's own spec; a new run's
     from ``--init-from``'s weights, else the current defaults."""
-    if resume is not None:
-        return ckpt_io.model_spec(resume), None
+    if resume is not None:  # dropout (training only) is the recipe's, as the run began
+        return dataclasses.replace(ckpt_io.model_spec(resume), dropout=config.dropout), None
     if config.init_from:
         state, options = init_weights(config.init_from, config.model)
-        return ModelSpec(config.model, num_classes, **options), state
-    return ModelSpec.new(config.model, num_classes), None
+        return ModelSpec(config.model, num_classes, dropout=config.dropout, **options), state
+    return ModelSpec.new(config.model, num_classes, config.dropout), None
 
 
 def _check_input_size(config: TrainConfig, bundle: DataBundle) -> None:
-    """The model takes the images (checked before the run folder is touched)."""
+    """The model takes the images, the regularisers fit them (checked before the run folder
+    is touched)."""
+    check_model_name(config.model, config.dropout)
     side, least = int(bundle.train.images.shape[1]), min_input_size(config.model)
+    if config.cutout > side:
+        raise UsageError(
+            f"--cutout {config.cutout} is larger than the images ({side}x{side}); give a "
+            f"square side up to {side} (DeVries & Taylor: 16 for 32x32 CIFAR-10)"
+        )
     if side < least:
         raise UsageError(
             f"{config.model} needs images of at least {least}x{least} pixels, these are "
@@ -291,7 +298,8 @@ def _probe(run: Run) -> tuple[float, float, float]:
     config = dataclasses.replace(run.config, lr=run.config.lr * 1e-3)
     with torch.random.fork_rng(devices=[]):  # the run's own random stream is untouched
         meta = run.meta
-        spec = ModelSpec(meta["model_name"], len(meta["classes"]), meta.get("option_a_pad"))
+        classes, pad = len(meta["classes"]), meta.get("option_a_pad")
+        spec = ModelSpec(meta["model_name"], classes, pad, config.dropout)
         probe = build_trainer(config, run.splits, run.runtime, spec)
     probe.schedule = Schedule(config, run.steps_per_epoch, 1 << 30)
     probe.early_fraction = 0.0

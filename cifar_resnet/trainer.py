@@ -55,7 +55,7 @@ def build_trainer(
     new ``config.model`` for the run's classes)."""
     dev = runtime.device
     loader = train_loader(splits, config, runtime)
-    spec = spec or ModelSpec.new(config.model, len(splits.classes))
+    spec = spec or ModelSpec.new(config.model, len(splits.classes), config.dropout)
     model = spec.build().to(dev)
     if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)

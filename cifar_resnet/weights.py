@@ -51,7 +51,8 @@ def _load_allowing(path: Path) -> Any:
 
 def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The weights in a file made elsewhere: a bare state dict, or a dict holding one under
-    ``state_dict`` (or ``model``); ``module.`` prefixes (DataParallel, DDP) are stripped.
+    ``state_dict`` (or ``net``, as kuangliu/pytorch-cifar saves it); ``module.`` prefixes
+    (DataParallel, DDP) are stripped.
     Loaded safely; a file that needs anything but tensors, plain data and numpy scalars, or
     holds no state dict, is a one-line CheckpointError."""
     path = Path(path)
@@ -66,6 +67,8 @@ def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         obj = obj.get("model")
     elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
+    elif isinstance(obj, dict) and isinstance(obj.get("net"), dict):
+        obj = obj["net"]  # kuangliu/pytorch-cifar's {'net': ..., 'acc': ..., 'epoch': ...}
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(
             f"{path} holds no state dict (a dict of tensors, or one under 'state_dict')"

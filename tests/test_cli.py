@@ -47,8 +47,8 @@ def test_config_file_and_flags(tiny_folder, tmp_path, cache_dir, capsys):
 @pytest.mark.parametrize(
     "args,code,match",
     [
-        (["--model", "resnet18"], 2, "unknown model 'resnet18'; valid models: seed"),
-        (["--preset", "turbo"], 2, "invalid choice: 'turbo' (choose from 'seed', 'paper', 'fast')"),
+        (["--model", "resnet19"], 2, "unknown model 'resnet19'; valid models: seed"),
+        (["--preset", "turbo"], 2, "invalid choice: 'turbo' (choose from 'seed', 'paper', 'fast'"),
         (["--epochs", 0], 2, "epochs must be positive"),
         (["--batch-size", -4], 2, "batch_size must be positive"),
         (["--lr", 0], 2, "lr must be a positive number"),

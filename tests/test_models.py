@@ -94,7 +94,7 @@ def test_he_blocks_use_option_a_without_parameters():
 
 def test_unknown_model_lists_valid_names():
     with pytest.raises(UsageError, match="valid models: seed, resnet20"):
-        create_model("resnet18")
+        create_model("resnet19")
 
 
 def test_registry_refuses_duplicates():

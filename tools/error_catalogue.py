@@ -186,7 +186,7 @@ def main() -> None:
     arch2.parent.mkdir()
     cifar_archive(arch2, labels_max=12)
     case("labels out of range", "train", "--data", arch2, "--out", tmp / "r", *quick)
-    case("unknown model", "train", "--data", good, "--out", tmp / "r", "--model", "resnet18")
+    case("unknown model", "train", "--data", good, "--out", tmp / "r", "--model", "resnet19")
     case("unknown preset", "train", "--data", good, "--out", tmp / "r", "--preset", "turbo")
     case("unknown option", "train", "--data", good, "--out", tmp / "r", "--lr-decay", "3")
     case("zero epochs", "train", "--data", good, "--out", tmp / "r", "--epochs", "0")
@@ -259,6 +259,13 @@ def main() -> None:
         ("an image size too small for the model", ["--preset", "fast", "--image-size", "1"]),
         ("an image size too large", ["--image-size", "20000"]),
         ("an early scale that is not a share of the image", ["--early-scale", "1.5"]),
+        ("a cutout larger than the images", ["--cutout", "9"]),
+        ("a negative cutout", ["--cutout", "-1"]),
+        ("a negative mixup alpha", ["--mixup", "-1"]),
+        ("--randaugment without its magnitude", ["--randaugment", "2"]),
+        ("an unknown AutoAugment policy", ["--autoaugment", "imagenet"]),
+        ("--dropout for a model without dropout", ["--model", "resnet20", "--dropout", "0.3"]),
+        ("a Wide ResNet depth that is not 6n+4", ["--model", "wrn-27-10"]),
     ):
         case(what, "train", "--data", good, "--out", tmp / "r", *quick, *extra)
     image = next((good / "test").rglob("*.png"))

@@ -24,12 +24,21 @@ def add_parsers(subparsers) -> None:
 
 
 def models(args: argparse.Namespace) -> int:
-    from ..models import PUBLISHED_WEIGHTS, count_parameters, create_model, list_models
+    from ..models import (
+        PUBLISHED_WEIGHTS,
+        WRN_ABOUT,
+        WRN_EXAMPLES,
+        count_parameters,
+        create_model,
+        list_models,
+    )
 
     for name, about in list_models().items():
-        print(f"{name:<11} {count_parameters(create_model(name)):>10,} params  {about}")
+        print(f"{name:<15} {count_parameters(create_model(name)):>10,} params  {about}")
         if name in PUBLISHED_WEIGHTS:
-            print(f"{'':<30}loads published weights: {PUBLISHED_WEIGHTS[name]}")
+            print(f"{'':<34}loads published weights: {PUBLISHED_WEIGHTS[name]}")
+    for name in WRN_EXAMPLES:
+        print(f"{name:<15} {count_parameters(create_model(name)):>10,} params  {WRN_ABOUT}")
     return 0
 
 
