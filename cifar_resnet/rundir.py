@@ -175,7 +175,7 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, float | None]]:
     if not path.is_file() and RunDir(run_dir).holds_run():
         raise UsageError(
             f"{run_dir} has no finished epoch yet (it was stopped in its first); report after "
-            "an epoch: continue it with `cifar-resnet train --resume`"
+            f"an epoch: continue it with `cifar-resnet train --resume {run_dir}`"
         )
     if not path.is_file():
         raise UsageError(

@@ -143,8 +143,8 @@ def _resume_checkpoint(
     taken = main and resume is None and folder.holds_run() and not overwrite
     if distributed.any_rank(taken, dev):
         raise UsageError(
-            f"{folder.path} already holds a run; continue it with --resume {folder.path}, "
-            "replace it with --overwrite, or choose a new --out"
+            f"{folder.path} already holds a run; continue it with fit(..., resume='auto'), "
+            "replace it with fit(..., overwrite=True), or choose another out_dir"
         )
     if main:  # a new run: --overwrite, or --resume auto on a run killed before any checkpoint
         folder.clear()

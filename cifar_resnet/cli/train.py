@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 
 from ..config import PRESETS, load_toml, resolve_config
-from ..errors import UsageError
+from ..errors import CheckpointError, UsageError
+from ..rundir import RunDir
 from .flags import (
     add_config_flags,
     add_data_flags,
@@ -109,14 +110,36 @@ def _run_folder(args: argparse.Namespace) -> str:
             raise UsageError(
                 "--resume RUN_DIR continues in RUN_DIR; drop --out or make them the same"
             )
-        if not Path(args.resume).is_dir():
-            raise UsageError(f"--resume {args.resume}: no such run folder")
+        _check_resume_folder(Path(args.resume))
         return args.resume
     if args.resume == "auto" and not args.out:
         raise UsageError("--resume auto needs --out RUN_DIR")
     if not args.out:
         raise UsageError("--out RUN_DIR is required: the run folder for metrics and checkpoints")
     return args.out
+
+
+def _check_resume_folder(path: Path) -> None:
+    """``--resume PATH`` names a run folder: a checkpoint file, or a folder of runs, is refused
+    with the command that continues the run meant."""
+    if path.is_file() and path.parent.name == "checkpoints":
+        raise UsageError(
+            f"--resume takes a run folder, not a checkpoint file; continue its run (from its "
+            f"newest checkpoint) with `cifar-resnet train --resume {path.parent.parent}`"
+        )
+    if not path.is_dir():
+        raise CheckpointError(
+            f"--resume {path}: no such run folder; pass the folder given as --out"
+        )
+    if RunDir(path).holds_run() or (path / "seeds.json").is_file():
+        return
+    runs = sorted(p for p in path.iterdir() if p.is_dir() and RunDir(p).holds_run())
+    if runs:
+        names = ", ".join(str(p) for p in runs[:3]) + (", ..." if len(runs) > 3 else "")
+        raise UsageError(
+            f"--resume {path}: a folder of runs ({names}), not a run; continue one with "
+            f"`cifar-resnet train --resume {runs[0]}`"
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -161,9 +184,18 @@ def _recipe(args: argparse.Namespace, out: str):
     from .. import checkpoint as ckpt_io
 
     flags = flag_values(args)
-    found = ckpt_io.find_resume(out, required=args.resume != "auto") if args.resume else None
+    found = ckpt_io.find_resume(out, required=False) if args.resume else None
+    if found is None and args.resume not in (None, "auto"):
+        return _restart_recipe(args, flags, out)
     if found is None:
-        return (*_new_recipe(args, flags), None)
+        if args.resume is None and not args.overwrite and RunDir(out).holds_run():
+            raise UsageError(
+                f"{out} already holds a run; continue it with `cifar-resnet train --resume "
+                f"{out}`, replace it with --overwrite, or choose a new --out"
+            )
+        # --resume auto on a folder with no checkpoint (a run killed before its first one
+        # ended, or none yet): the run starts, over whatever that run left.
+        return (*_new_recipe(args, flags), args.resume)
     path, resume = found
     if not args.quiet:
         print(f"resuming from {path}")
@@ -172,6 +204,25 @@ def _recipe(args: argparse.Namespace, out: str):
     if args.data is None:
         raise UsageError(f"{out} does not record its data (an older run); pass --data")
     return preset, config, resume
+
+
+def _restart_recipe(args: argparse.Namespace, flags: dict, out: str):
+    """``--resume R`` of a run stopped before its first checkpoint: its recipe (R/config.toml)
+    and data (R/run.json) start it again from step 0."""
+    from ..rundir import read_json
+
+    saved = Path(out) / "config.toml"
+    args.data = args.data or read_json(Path(out) / "run.json").get("data")
+    if not saved.is_file() or args.data is None:
+        raise CheckpointError(
+            f"--resume {out}: the folder holds no checkpoint yet and no run to start again; "
+            "start one with "
+            f"`cifar-resnet train --data DATA --out {out} --resume auto`"
+        )
+    preset, config = resolve_config(args.preset, load_toml(str(saved)), flags, file_name=str(saved))
+    if not args.quiet:
+        print(f"{out} holds no checkpoint yet (stopped in its first epoch): starting it again")
+    return preset, config, "auto"
 
 
 def _several_seeds(args: argparse.Namespace, out: str) -> bool:
