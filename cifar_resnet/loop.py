@@ -83,7 +83,7 @@ def train_one_epoch(
                 break
     finally:
         if progress is not None:
-            progress.close()
+            progress.close(paused=outcome == "paused")
     _check_finite(stepper, config, steps_per_epoch, total_steps)
     state.epoch_sums = [float(stepper.loss_sum), float(stepper.correct), seen]
     state.epoch_seconds += time.perf_counter() - start
@@ -177,8 +177,8 @@ def train_epochs(run: Run, tty: bool) -> None:
 def _progress(run: Run, tty: bool) -> Progress | None:
     if not run.main or run.quiet:
         return None
-    return Progress(
-        total_steps=run.total_steps,
+    progress = Progress(
+        total_steps=lambda: run.total_steps,  # a time budget's plan, as re-planned
         steps_per_epoch=run.steps_per_epoch,
         first_step=run.state.step,
         tty=tty,
@@ -187,9 +187,15 @@ def _progress(run: Run, tty: bool) -> Progress | None:
         writer=run.writer,
         rows=run.state.log_rows,
     )
+    if tty:  # lines printed while a bar is drawn go above it
+        log, run.log = run.log, lambda message: progress.write(message, log)
+    run.tty = tty
+    return progress
 
 
 def _interrupted(run: Run, signum: int | None) -> None:
+    if run.main:  # the steps logged so far, an unfinished first epoch's too
+        run.folder.write_steps(run.state.log_rows)
     raise Interrupted(
         f"stopped by signal {signum} at epoch {run.state.epoch + 1}, step {run.state.step}; "
         f"the run is saved: continue with `{RESUME_COMMAND} {run.folder.path}`"
@@ -255,7 +261,7 @@ def _end_epoch(run: Run, wall: float) -> bool:
     if evaluated:
         _evaluate_epoch(run, row)
         if run.plan is not None:
-            run.plan.eval_s = distributed.all_mean([time.perf_counter() - eval_start], dev)[0]
+            run.plan.measured_eval(distributed.all_mean([time.perf_counter() - eval_start], dev)[0])
     state.wall_seconds += time.perf_counter() - wall
     # A GPU's first epoch holds cuDNN autotuning and graph capture: not the speed of the rest,
     # so its plan is first checked after the second.
@@ -314,10 +320,11 @@ def _replan(run: Run, epoch_steps: int = 0, mid_epoch: bool = False) -> None:
     )
     if replanned is None:
         return
-    run.log(
-        f"time budget: {replanned} steps re-planned (was {run.total_steps}; "
-        f"{plan.step_s * 1e3:.1f} ms/step measured in epoch {state.epoch + 1})"
-    )
+    if plan.material(replanned) or not run.tty:  # a terminal shows its bar's total follow
+        run.log(
+            f"time budget: {replanned} steps re-planned (was {run.total_steps}; "
+            f"{plan.step_s * 1e3:.1f} ms/step estimated in epoch {state.epoch + 1})"
+        )
     run.config = budget_schedule(run.config, replanned, run.steps_per_epoch)
     state.planned_steps = replanned
     if run.main:

@@ -90,6 +90,7 @@ class Run:
     writer: Any = None  # TensorBoard SummaryWriter
     last_checkpoint: Path | None = None
     log_every: int = 0  # steps between progress lines (0: 10% of an epoch)
+    tty: bool = False  # progress drawn as bars on a terminal (else lines in a log)
 
     @property
     def steps_per_epoch(self) -> int:
