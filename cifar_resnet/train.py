@@ -70,7 +70,7 @@ def fit(
     started = time.perf_counter() if started is None else started
     _check_input_size(config, bundle)
     dist_info, dev = distributed.setup(resolve_device(device), dist_backend, dist_timeout)
-    folder = RunDir(out_dir)
+    folder, done = RunDir(out_dir), False
     try:
         _take_folder(folder, dist_info, dev)
         ckpt = _resume_checkpoint(resume, folder, overwrite, dist_info.is_main, dev)
@@ -90,6 +90,7 @@ def fit(
         # model still referenced it could abort that process at exit.
         del run
         distributed.barrier()
+        done = True
         return summary
     except RuntimeError as e:
         if not dist_info.enabled:
@@ -101,7 +102,7 @@ def fit(
             f"ranks ({first}); continue with --resume auto"
         ) from None
     finally:
-        folder.unlock()
+        folder.unlock(tidy=not done)  # a refused run leaves no empty folder or lock behind
         distributed.cleanup()
 
 

@@ -130,3 +130,29 @@ def test_a_missing_run_folder_has_one_exit_code(tmp_path):
     for command in ("report", "evaluate"):
         line = one_line_error(cli(command, nope), EXIT_CHECKPOINT)
         assert str(nope) in line, command
+
+
+@pytest.mark.parametrize("name,nearest", [("ResNet20", "resnet20"), ("resnet-20", "resnet20")])
+def test_a_misspelt_model_is_refused_before_torch_is_imported(tmp_path, name, nearest):
+    out = tmp_path / "R"
+    code = (
+        "import sys\nfrom cifar_resnet.cli import main\n"
+        f"rc = main(['train', '--data', 'cifar10', '--out', {str(out)!r}, '--model', {name!r}])\n"
+        "print(rc, 'torch' in sys.modules)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV)
+    assert r.stdout.split() == ["2", "False"], (r.stdout, r.stderr)
+    assert f"unknown model {name!r}; did you mean {nearest!r}?" in r.stderr
+    assert not out.exists()
+
+
+def test_a_run_refused_after_taking_its_folder_leaves_nothing_behind(tiny_folder, tmp_path):
+    out = tmp_path / "R"
+    r = cli("train", "--data", tiny_folder, "--out", out, "--init-from", tmp_path / "no.pt",
+            "--device", "cpu")  # fmt: skip
+    assert "no.pt" in one_line_error(r, EXIT_CHECKPOINT)
+    assert not out.exists()
+    out.mkdir()  # a folder the user made: kept, and left empty
+    r = cli("train", "--data", tiny_folder, "--out", out, "--init-from", tmp_path / "no.pt",
+            "--device", "cpu")  # fmt: skip
+    assert r.returncode == EXIT_CHECKPOINT and out.is_dir() and not list(out.iterdir())

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..config import PRESETS, load_toml, resolve_config
 from ..errors import CheckpointError, UsageError
+from ..names import check_model
 from ..rundir import RunDir
 from .flags import (
     add_config_flags,
@@ -148,10 +149,12 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(
             f"--log-every must be 0 (automatic) or a number of steps, got {args.log_every}"
         )
+    if "model" in flag_values(args):  # a misspelt --model refused before torch is imported
+        check_model(args.model)
+    out = _run_folder(args)
     # The library (and torch) is imported only now, so that --help answers at once.
     from ..train import fit
 
-    out = _run_folder(args)
     if _several_seeds(args, out):
         return _run_seeds(args, out, started)
     preset, config, resume = _recipe(args, out)
