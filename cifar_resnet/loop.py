@@ -22,7 +22,7 @@ from .errors import DivergedError, Interrupted
 from .evaluate import evaluate
 from .loader import DeviceLoader
 from .optim import lr_at
-from .progress import Progress
+from .progress import Progress, plural
 from .run import Run, RunState, Stop, save_run
 from .step import Stepper
 from .trainer import Trainer, train_step
@@ -130,7 +130,8 @@ def train_epochs(run: Run, tty: bool) -> None:
     run.log(
         f"training {run.meta['model_name']} ({run.preset} preset) on {len(run.splits.train)} "
         f"images, {len(run.splits.classes)} classes, {run.runtime.describe()}{dist}; "
-        f"{total_epochs} epochs of {run.steps_per_epoch} steps; run folder {run.folder.path}"
+        f"{plural(total_epochs, 'epoch')} of {plural(run.steps_per_epoch, 'step')}; run folder "
+        f"{run.folder.path}"
     )
     late = [m for m in run.config.lr_milestones if m >= run.total_steps]
     if run.config.schedule == "multistep" and late:

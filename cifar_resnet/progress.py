@@ -34,6 +34,11 @@ def format_seconds(seconds: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
+def plural(n: int, word: str) -> str:
+    """``1 epoch``, ``2 epochs``."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 class Progress:
     """Progress of one process's training: ``start_epoch``, ``step`` after every step,
     ``close`` at the end of an epoch (``paused=True``: the epoch goes on after a re-plan).

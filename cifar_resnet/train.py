@@ -272,6 +272,10 @@ def _plan(run: Run) -> None:
     config = run.config
     if not config.time_budget or run.state.planned_steps:
         return
+    run.log(
+        f"time budget {config.time_budget:g}s: timing the run's steps and evaluation on a copy "
+        "of the model (a few seconds) ..."
+    )
     t0 = time.perf_counter()
     if run.main:
         probe_path = run.folder.path / ".budget-probe.pt"

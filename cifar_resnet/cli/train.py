@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 from ..config import PRESETS, load_toml, resolve_config
 from ..errors import CheckpointError, UsageError
 from ..names import check_model
+from ..progress import plural
 from ..rundir import RunDir
 from .flags import (
     add_config_flags,
@@ -106,6 +108,11 @@ def _add_dist_flags(t: argparse.ArgumentParser) -> None:
 
 
 def _run_folder(args: argparse.Namespace) -> str:
+    """The run folder, normalised (``./runs//seed/`` is printed as ``runs/seed``)."""
+    return os.path.normpath(_given_folder(args))
+
+
+def _given_folder(args: argparse.Namespace) -> str:
     if args.resume and args.resume != "auto":
         if args.out and Path(args.out).resolve() != Path(args.resume).resolve():
             raise UsageError(
@@ -175,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
         to_json(summary)
         if args.quiet
         else f"done: test accuracy {summary['test_accuracy']:.2f}% after "
-        f"{summary['epochs']} epochs ({summary['wall_seconds']:.0f}s); summary in "
+        f"{plural(summary['epochs'], 'epoch')} ({summary['wall_seconds']:.0f}s); summary in "
         f"{Path(out) / 'summary.json'}"
     )
     return 0
@@ -264,13 +271,29 @@ def _run_seeds(args: argparse.Namespace, out: str, started: float) -> int:
         print(to_json(result))
         return 0
     acc = result["aggregate"]["test_accuracy"]
-    print("\n".join(["", *format_table(result), ""]))
+    print("\n".join(["", *text_table(format_table(result)), ""]))
     print(
         f"done: {len(result['seeds'])} seeds, test accuracy {acc['mean']:.2f}% ± "
         f"{acc['std']:.2f} (min {acc['min']:.2f}, max {acc['max']:.2f}); summary in "
         f"{Path(out) / 'summary.json'}"
     )
     return 0
+
+
+SEED_COLUMNS = (
+    "train s: seconds in training steps; wall s: training and evaluations; command s: "
+    "seconds since the command started (start-up and data included)"
+)
+
+
+def text_table(markdown: list[str]) -> list[str]:
+    """A markdown table as aligned plain text for a terminal, its columns explained below."""
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in markdown]
+    rows = [r for r in rows if not all(set(c) <= {"-"} for c in r)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
+                       enumerate(zip(r, widths))).rstrip() for r in rows]  # fmt: skip
+    return [lines[0], "  ".join("-" * w for w in widths), *lines[1:], SEED_COLUMNS]
 
 
 def _seeds_recipe(args: argparse.Namespace, out: str):
@@ -350,6 +373,8 @@ def _report(out: str, bundle, quiet: bool) -> None:
     from ..report import write_report
 
     t0 = time.perf_counter()  # after the run: outside --time-budget (--no-report skips it)
+    if not quiet:
+        print(f"report: plots of {out}, the test images evaluated for them ...", flush=True)
     paths = write_report(out, bundle)  # the data already loaded for training
     if not quiet:
         took = time.perf_counter() - t0
