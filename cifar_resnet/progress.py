@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 LOG_SECONDS = 30.0  # a log line at least this often when steps are slow
 LOG_SHARE = 0.1  # by default a log line every 10% of an epoch
-TIMED_STEPS, TIMED_SECONDS = 20, 10.0  # the expected length is said after these
+TIMED_STEPS, TIMED_SECONDS = 20, 30.0  # the expected length is said after these (or 3 steps)
 
 
 def format_seconds(seconds: float) -> str:
@@ -67,6 +67,7 @@ class Progress:
         self.epoch = -1
         self.last_log = self.started
         self.announced = False  # the run's expected length, said once
+        self.first_done = self.started
 
     @property
     def total_steps(self) -> int:
@@ -133,14 +134,21 @@ class Progress:
         """Once the first steps are timed (``TIMED_STEPS``, or ``TIMED_SECONDS``): the run's
         expected length, a line above the bar or in the log."""
         done = step - self.first_step
-        if self.announced or (done < TIMED_STEPS and now - self.started < TIMED_SECONDS):
+        if done == 1:  # the first step holds warm-up: the speed is timed from its end
+            self.first_done = now
+        timed = done - 1
+        if (
+            self.announced
+            or timed < 2
+            or (timed < TIMED_STEPS and now - self.first_done < TIMED_SECONDS)
+        ):
             return
         self.announced = True
-        per_step = (now - self.started) / max(done, 1)
+        per_step = (now - self.first_done) / timed
         left = self.total_steps - step
         message = (
             f"expected length: about {format_seconds(per_step * left)} of training for the "
-            f"{left} steps left ({per_step * 1e3:.0f} ms/step over the first {done}; "
+            f"{left} steps left ({per_step * 1e3:.0f} ms/step over {timed} steps; "
             "evaluations not counted)"
         )
         if self.bar is not None and self.log is not None:

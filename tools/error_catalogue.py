@@ -215,7 +215,8 @@ def main() -> None:
         msg = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "(runs)"
         msg = msg.replace(str(tmp), "…").replace("|", "\\|")
         msg = re.sub(r"pid \d+", "pid N", msg)
-        print(f"| {what} | {r.returncode} | `{msg}` |", flush=True)
+        code = f"`` {msg} ``" if "`" in msg else f"`{msg}`"  # a hint's `command` inside
+        print(f"| {what} | {r.returncode} | {code} |", flush=True)
     holder.kill()
 
 
