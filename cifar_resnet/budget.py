@@ -13,7 +13,6 @@ the recent windows and the whole run's average, moving at most ``MAX_MOVE`` per 
 from __future__ import annotations
 
 import dataclasses
-import statistics
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -25,18 +24,21 @@ REPLAN_TOLERANCE = 0.02  # re-plan when the plan is off by more than this share
 MATERIAL = 0.1  # a re-plan that moves the plan by more than this share is shown on a terminal
 WINDOWS = 3  # the speed estimate is the median of this many recent windows (the run's average
 MAX_MOVE = 0.5  # in place of those not yet measured), moving by at most this share per re-plan
+MIN_STEPS = 20  # ... and over at least this many steps
 
 
 class SpeedEstimate:
-    """How much slower (>1) or faster (<1) steps run than the probe measured: the median of the
-    last ``WINDOWS`` measured windows, the whole run's average standing in for windows not yet
-    measured (the prior), moved by at most ``MAX_MOVE`` per measurement. One window slowed by
-    a burst of other work (or a checkpoint, or the page cache) does not move the median; a
-    load that lasts (or ends) moves it within two windows, soon enough for the time left."""
+    """How much slower (>1) or faster (<1) steps run than the probe measured: the median, per
+    step, of the recent windows (at least ``WINDOWS`` of them and ``MIN_STEPS`` steps), the
+    whole run's average standing in for windows not yet measured (the prior), moved by at most
+    ``MAX_MOVE`` per measurement. One window slowed by a burst of other work (or a checkpoint,
+    or the page cache) does not move the median, nor does a window of one slow step among
+    many; a load that lasts (or ends) moves it within two windows, soon enough for the time
+    left."""
 
     def __init__(self) -> None:
         self.factor = 1.0
-        self.windows: deque[float] = deque(maxlen=WINDOWS)
+        self.windows: deque[tuple[float, int]] = deque(maxlen=64)  # (factor, steps)
         self.seconds = self.base = 0.0  # the whole run's measured and probe-predicted seconds
         self.covered = 0  # the last step measured (a window reaching back before it overlaps)
 
@@ -44,16 +46,35 @@ class SpeedEstimate:
         """Add a window: steps ``start..stop-1`` took ``seconds``, the probe said ``base``."""
         if stop <= start or base <= 0:
             return self.factor
-        self.windows.append(seconds / base)
+        self.windows.append((seconds / base, stop - start))
         share = (stop - max(start, min(self.covered, stop))) / (stop - start)
         self.seconds += seconds * share
         self.base += base * share
         self.covered = max(self.covered, stop)
-        prior = [self.seconds / self.base] * (WINDOWS - len(self.windows))
-        target = statistics.median([*self.windows, *prior])
+        recent: list[tuple[float, int]] = []
+        for window in reversed(self.windows):
+            recent.append(window)
+            if len(recent) >= WINDOWS and sum(n for _, n in recent) >= MIN_STEPS:
+                break
+        typical = max(1, round(sum(n for _, n in recent) / len(recent)))
+        recent += [(self.seconds / self.base, typical)] * (WINDOWS - len(recent))
+        target = _weighted_median(recent)
         low, high = self.factor * (1 - MAX_MOVE), self.factor * (1 + MAX_MOVE)
         self.factor = min(max(target, low), high)
         return self.factor
+
+
+def _weighted_median(values: list[tuple[float, int]]) -> float:
+    """The median of ``values`` (value, weight), each counted ``weight`` times."""
+    ordered = sorted(values)
+    half, seen = sum(w for _, w in ordered) / 2, 0
+    for i, (value, weight) in enumerate(ordered):
+        seen += weight
+        if seen > half:
+            return value
+        if seen == half:  # between this value and the next, as statistics.median
+            return (value + ordered[i + 1][0]) / 2
+    return ordered[-1][0]
 
 
 @dataclass
