@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import UsageError
+from .names import check_model
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 _DESCRIPTIONS: dict[str, str] = {}
@@ -65,6 +66,7 @@ def create_model(name: str, num_classes: int = 10, option_a_pad: str | None = No
     """Build a registered model; an unknown name is a UsageError listing the valid ones.
     ``option_a_pad`` (see OPTION_A_PADS) only for models with option A shortcuts."""
     if name not in _REGISTRY:
+        check_model(name)  # the nearest name, the valid ones
         raise UsageError(f"unknown model {name!r}; valid models: {', '.join(_REGISTRY)}")
     if num_classes < 2:
         raise UsageError(f"a classifier needs at least 2 classes, got {num_classes}")

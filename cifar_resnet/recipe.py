@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .errors import UsageError
+from .names import check_model
 
 SCHEDULES = ("step", "multistep", "cosine", "onecycle", "constant")
 # No fp16: it needs loss scaling (a GradScaler) to train safely; bf16 has fp32's range.
@@ -305,6 +306,7 @@ class TrainConfig:
         self._check_counts()
         self._check_numbers()
         self._check_choices()
+        check_model(self.model)  # before torch is imported: names.py knows the models
         if self.target_accuracy and self.target_split == "val" and not self.val_split:
             raise UsageError(
                 "target_accuracy is checked on the validation split: add "

@@ -82,7 +82,7 @@ def test_errors_are_one_line(trained, tmp_path, monkeypatch, capsys):
     run, _, _ = trained
     with pytest.raises(UsageError, match="no metrics.csv"):
         write_report(tmp_path)
-    assert cli("report", tmp_path / "nope") == 2
+    assert cli("report", tmp_path / "nope") == 4  # as evaluate: a missing run
     assert capsys.readouterr().err.count("\n") == 1
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     assert cli("report", run) == 2
