@@ -4,18 +4,77 @@
 per evaluation and per checkpoint save (:func:`plan_steps`) and re-plans from the run's own
 speed as it goes (:func:`replan_steps`): the loop measures, this module decides; the run lays
 its schedule over the planned steps (``optim.Schedule.laid_over``).
+
+Under a changing load (other work on the machine) one window's speed is noise: a re-plan
+steers by the time actually left and a smoothed speed (:class:`SpeedEstimate`: the median of
+the recent windows and the whole run's average, moving at most ``MAX_MOVE`` per re-plan).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 
 from .config import early_steps
 from .errors import UsageError
 
 MARGIN = 0.02  # the plan aims at 98% of the budget
 REPLAN_TOLERANCE = 0.02  # re-plan when the plan is off by more than this share
+MATERIAL = 0.1  # a re-plan that moves the plan by more than this share is shown on a terminal
+WINDOWS = 3  # the speed estimate is the median of this many recent windows (the run's average
+MAX_MOVE = 0.5  # in place of those not yet measured), moving by at most this share per re-plan
+MIN_STEPS = 20  # ... and over at least this many steps
+
+
+class SpeedEstimate:
+    """How much slower (>1) or faster (<1) steps run than the probe measured: the median, per
+    step, of the recent windows (at least ``WINDOWS`` of them and ``MIN_STEPS`` steps), the
+    whole run's average standing in for windows not yet measured (the prior), moved by at most
+    ``MAX_MOVE`` per measurement. One window slowed by a burst of other work (or a checkpoint,
+    or the page cache) does not move the median, nor does a window of one slow step among
+    many; a load that lasts (or ends) moves it within two windows, soon enough for the time
+    left."""
+
+    def __init__(self) -> None:
+        self.factor = 1.0
+        self.windows: deque[tuple[float, int]] = deque(maxlen=64)  # (factor, steps)
+        self.seconds = self.base = 0.0  # the whole run's measured and probe-predicted seconds
+        self.covered = 0  # the last step measured (a window reaching back before it overlaps)
+
+    def update(self, start: int, stop: int, seconds: float, base: float) -> float:
+        """Add a window: steps ``start..stop-1`` took ``seconds``, the probe said ``base``."""
+        if stop <= start or base <= 0:
+            return self.factor
+        self.windows.append((seconds / base, stop - start))
+        share = (stop - max(start, min(self.covered, stop))) / (stop - start)
+        self.seconds += seconds * share
+        self.base += base * share
+        self.covered = max(self.covered, stop)
+        recent: list[tuple[float, int]] = []
+        for window in reversed(self.windows):
+            recent.append(window)
+            if len(recent) >= WINDOWS and sum(n for _, n in recent) >= MIN_STEPS:
+                break
+        typical = max(1, round(sum(n for _, n in recent) / len(recent)))
+        recent += [(self.seconds / self.base, typical)] * (WINDOWS - len(recent))
+        target = _weighted_median(recent)
+        low, high = self.factor * (1 - MAX_MOVE), self.factor * (1 + MAX_MOVE)
+        self.factor = min(max(target, low), high)
+        return self.factor
+
+
+def _weighted_median(values: list[tuple[float, int]]) -> float:
+    """The median of ``values`` (value, weight), each counted ``weight`` times."""
+    ordered = sorted(values)
+    half, seen = sum(w for _, w in ordered) / 2, 0
+    for i, (value, weight) in enumerate(ordered):
+        seen += weight
+        if seen > half:
+            return value
+        if seen == half:  # between this value and the next, as statistics.median
+            return (value + ordered[i + 1][0]) / 2
+    return ordered[-1][0]
 
 
 @dataclass
@@ -28,6 +87,9 @@ class BudgetPlan:
     save_s: float  # seconds per checkpoint save
     early_step_s: float = 0.0  # seconds per early (downscaled) step (0: no early phase)
     early_fraction: float = 0.0  # the share of a run's steps that are early steps
+    speed: SpeedEstimate = field(default_factory=SpeedEstimate, repr=False, compare=False)
+    base: tuple[float, float, float, float] | None = None  # the probe's (step, early, eval, save)
+    announced: int = 0  # the plan last shown to the user
 
     def seconds(self, start: int, stop: int, total: int) -> float:
         """Training seconds of global steps ``start..stop-1`` of a run of ``total`` steps."""
@@ -50,10 +112,29 @@ class BudgetPlan:
         return lo
 
     def rescale(self, start: int, stop: int, total: int, measured: float) -> None:
-        """Both step costs scaled so that steps ``start..stop-1`` cost ``measured`` seconds."""
-        factor = measured / max(self.seconds(start, stop, total), 1e-12)
-        self.step_s *= factor
-        self.early_step_s *= factor
+        """Steps ``start..stop-1`` took ``measured`` seconds: every cost (steps, evaluation,
+        saves) follows the smoothed speed (:class:`SpeedEstimate`), not this window alone."""
+        if self.base is None:
+            self.base = (self.step_s, self.early_step_s, self.eval_s, self.save_s)
+        step_s, early_s, eval_s, save_s = self.base
+        probe = dataclasses.replace(self, step_s=step_s, early_step_s=early_s)
+        factor = self.speed.update(start, stop, measured, probe.seconds(start, stop, total))
+        self.step_s, self.early_step_s = step_s * factor, early_s * factor
+        self.eval_s, self.save_s = eval_s * factor, save_s * factor
+
+    def measured_eval(self, seconds: float) -> None:
+        """An evaluation took ``seconds`` at the current speed."""
+        self.eval_s = seconds
+        if self.base is not None:
+            self.base = (*self.base[:2], seconds / self.speed.factor, self.base[3])
+
+    def material(self, total: int) -> bool:
+        """Whether a plan of ``total`` steps differs enough from the one last shown to be shown
+        (on a terminal; a log gets every re-plan); marks it shown if so."""
+        if abs(total - self.announced) > MATERIAL * max(self.announced, 1):
+            self.announced = total
+            return True
+        return False
 
 
 def solve_steps(
@@ -91,8 +172,9 @@ def plan_steps(
 ) -> BudgetPlan:
     """The first plan from the measured ``costs`` (its ``steps`` unused): ``elapsed`` seconds
     are spent (start-up, data, the probe)."""
-    plan = dataclasses.replace(costs, steps=0)
+    plan = dataclasses.replace(costs, steps=0, speed=SpeedEstimate(), base=None)
     plan.steps = solve_steps(budget * (1 - MARGIN) - elapsed, plan, steps_per_epoch, eval_every)
+    plan.announced = plan.steps
     if plan.steps < 1:
         raise UsageError(
             f"--time-budget {budget:g}s is too short: a step takes {plan.step_s:.3f}s and an "

@@ -210,10 +210,12 @@ def evaluate_checkpoint(
     ema: bool = False,
     where: str = "checkpoint",
     overrides: dict[str, Any] | None = None,
+    on_batch: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on the images of ``split`` that its run held out (``test``: the
     test split under the run's ``limit_test``; ``val``: its validation split). ``overrides``
-    change the run's recipe fields for this evaluation (e.g. ``limit_test``)."""
+    change the run's recipe fields for this evaluation (e.g. ``limit_test``); ``on_batch(n)``
+    is called before each of the ``n`` batches (a progress bar)."""
     check_classes(bundle, ckpt, where)
     config = checkpoint_config(ckpt, where)
     if overrides:
@@ -230,11 +232,26 @@ def evaluate_checkpoint(
         std=ckpt["std"],
     )
     model = build_model(ckpt, device, ema=ema, where=where)
-    result = evaluate(model, loader, num_classes=len(bundle.classes), amp_dtype=amp_dtype, tta=tta)
+    tick = None if on_batch is None else (lambda: bool(on_batch(len(loader))))
+    result = evaluate(
+        model,
+        loader,
+        num_classes=len(bundle.classes),
+        amp_dtype=amp_dtype,
+        tta=tta,
+        should_stop=tick,
+    )
     result.update(
         tta=tta, ema=ema, split=split, classes=list(ckpt["classes"]), model=ckpt["model_name"]
     )
     return result
+
+
+TTA_WORDS = {
+    0: "none",
+    1: "level 1 (each image and its mirror, averaged)",
+    2: "level 2 (mirror and two 1-pixel translations: 6 passes per image, averaged)",
+}
 
 
 def format_report(r: dict[str, Any]) -> str:
@@ -243,6 +260,7 @@ def format_report(r: dict[str, Any]) -> str:
     lines = [
         f"{r['model']} on {r['count']} {r['split']} images: loss {r['loss']:.4f}, "
         f"accuracy {r['accuracy']:.2f}% ({r['correct']}/{r['count']})",
+        f"test-time augmentation: {TTA_WORDS[r.get('tta', 0)]}",
         "",
         "per-class accuracy:",
     ]

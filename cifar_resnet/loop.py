@@ -21,7 +21,7 @@ from .budget import replan_steps
 from .errors import DivergedError, Interrupted
 from .evaluate import evaluate
 from .loader import DeviceLoader
-from .progress import Progress
+from .progress import Progress, plural
 from .run import Run, RunState, Stop, save_run
 from .step import Trainer, train_step
 
@@ -182,7 +182,8 @@ def _log_start(run: Run) -> None:
     run.log(
         f"training {run.meta['model_name']} ({run.preset} preset) on {len(run.splits.train)} "
         f"images, {len(run.splits.classes)} classes, {run.runtime.describe()}{dist}; "
-        f"{total_epochs} epochs of {run.steps_per_epoch} steps; run folder {run.folder.path}"
+        f"{plural(total_epochs, 'epoch')} of {plural(run.steps_per_epoch, 'step')}; run folder "
+        f"{run.folder.path}"
     )
     laid = run.trainer.schedule.laid
     late = [m for m in laid.lr_milestones if m >= run.total_steps]
@@ -208,8 +209,8 @@ def _save_and_stop(run: Run, wall: float) -> None:
 def _progress(run: Run, tty: bool) -> Progress | None:
     if not run.main or run.options.quiet:
         return None
-    return Progress(
-        total_steps=run.total_steps,
+    progress = Progress(
+        total_steps=lambda: run.total_steps,  # a time budget's plan, as re-planned
         steps_per_epoch=run.steps_per_epoch,
         first_step=run.state.step,
         tty=tty,
@@ -218,9 +219,15 @@ def _progress(run: Run, tty: bool) -> Progress | None:
         writer=run.writer,
         rows=run.state.log_rows,
     )
+    if tty:  # lines printed while a bar is drawn go above it
+        log, run.log = run.log, lambda message: progress.write(message, log)
+    run.tty = tty
+    return progress
 
 
 def _interrupted(run: Run, signum: int | None) -> None:
+    if run.main:  # the steps logged so far, an unfinished first epoch's too
+        run.folder.write_steps(run.state.log_rows)
     raise Interrupted(
         f"stopped by signal {signum} at epoch {run.state.epoch + 1}, step {run.state.step}; "
         f"the run is saved: continue with `{RESUME_COMMAND} {run.folder.path}`"
@@ -282,7 +289,7 @@ def _evaluate_epoch(run: Run, row: dict[str, Any]) -> bool:
         row.update({f"{name}_loss": result["loss"], f"{name}_acc": result["accuracy"]})
     if run.plan is not None:
         seconds = [time.perf_counter() - start]
-        run.plan.eval_s = distributed.all_mean(seconds, run.runtime.device)[0]
+        run.plan.measured_eval(distributed.all_mean(seconds, run.runtime.device)[0])
     return True
 
 
@@ -349,10 +356,11 @@ def _replan(run: Run, epoch_steps: int = 0, mid_epoch: bool = False) -> None:
     )
     if replanned is None:
         return
-    run.log(
-        f"time budget: {replanned} steps re-planned (was {run.total_steps}; "
-        f"{plan.step_s * 1e3:.1f} ms/step measured in epoch {state.epoch + 1})"
-    )
+    if plan.material(replanned) or not run.tty:  # a terminal shows its bar's total follow
+        run.log(
+            f"time budget: {replanned} steps re-planned (was {run.total_steps}; "
+            f"{plan.step_s * 1e3:.1f} ms/step estimated in epoch {state.epoch + 1})"
+        )
     run.trainer.schedule = run.trainer.schedule.laid_over(replanned)
     state.planned_steps = replanned
 

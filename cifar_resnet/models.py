@@ -23,6 +23,7 @@ from torch import nn
 
 from .errors import UsageError
 from .models_baselines import KuangliuResNet, PreActResNet, WideResNet, parse_wrn
+from .names import check_model
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 _DESCRIPTIONS: dict[str, str] = {}
@@ -79,6 +80,7 @@ def check_model_name(name: str, dropout: float = 0.0) -> None:
         except ValueError as e:
             raise UsageError(f"{e}") from None
         if wrn is None:
+            check_model(name)  # the nearest name, the valid ones
             valid = ", ".join([*_REGISTRY, "wrn-D-K"])
             raise UsageError(f"unknown model {name!r}; valid models: {valid}")
     if dropout and not has_dropout(name):

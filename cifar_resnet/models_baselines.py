@@ -27,8 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-WRN_MAX_DEPTH = 100  # WRN-100-K: 16 blocks a stage; deeper is not a CIFAR baseline
-WRN_MAX_WIDTH = 16  # WRN-28-16 already has ~93M parameters
+from .names import WRN_MAX_DEPTH, WRN_MAX_WIDTH, parse_wrn  # noqa: F401  (the names, torch-free)
 
 
 def _stages(module: nn.Module, block: Callable[..., nn.Module], num_blocks: Sequence[int]) -> None:
@@ -172,22 +171,3 @@ class WideResNet(nn.Module):
         out = F.relu(self.bn1(out))
         out = torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)  # (B, 64K)
         return self.fc(out)
-
-
-def parse_wrn(name: str) -> tuple[int, int] | None:
-    """``(depth, width)`` of a ``wrn-D-K`` name, None for other names; ValueError with the
-    reason for a ``wrn-`` name that is not a valid Wide ResNet."""
-    if not name.startswith("wrn-"):
-        return None
-    parts = name[4:].split("-")
-    if len(parts) != 2 or not all(p.isdigit() and len(p) <= 4 for p in parts):
-        raise ValueError(f"{name!r} is not wrn-D-K (D the depth, K the width), e.g. wrn-28-10")
-    depth, width = int(parts[0]), int(parts[1])
-    if (depth - 4) % 6 or not 10 <= depth <= WRN_MAX_DEPTH:
-        raise ValueError(
-            f"a Wide ResNet's depth is 6n+4 from 10 to {WRN_MAX_DEPTH} (16, 22, 28, 40, ...), "
-            f"got {depth}"
-        )
-    if not 1 <= width <= WRN_MAX_WIDTH:
-        raise ValueError(f"a Wide ResNet's width is 1 to {WRN_MAX_WIDTH}, got {width}")
-    return depth, width

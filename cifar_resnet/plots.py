@@ -42,6 +42,12 @@ def plot_curves(
     """Loss and accuracy per epoch for train, val (if any) and test, and the learning rate
     per step: at every logged step (RUN/steps.csv) and every epoch's last step, on an axis
     in epochs, so warm-up and one-cycle shapes show."""
+    return _save(curves_figure(rows, steps, steps_per_epoch), path)
+
+
+def curves_figure(rows, steps=None, steps_per_epoch=None):
+    """:func:`plot_curves`'s figure. The logged steps' running training loss and accuracy are
+    drawn as a thin line inside the epochs, so that even one epoch is a curve, not a dot."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
@@ -53,6 +59,11 @@ def plot_curves(
             x, y = _series(rows, f"{split}_{what}")
             if y:
                 ax.plot(x, y, style, marker="o" if len(y) < 30 else None, markersize=3, label=split)
+    if steps and steps_per_epoch:
+        x = [st["step"] / steps_per_epoch for st in steps]
+        for ax, what in ((loss_ax, "loss"), (acc_ax, "acc")):
+            y = [st[what] for st in steps]
+            ax.plot(x, y, "-", color="tab:blue", alpha=0.4, lw=1, label="train, in the epoch")
     loss_ax.set(title="loss (cross-entropy)", xlabel="epoch")
     acc_ax.set(title="accuracy (%)", xlabel="epoch")
     for ax in (loss_ax, acc_ax):
@@ -65,8 +76,8 @@ def plot_curves(
     last = max(r["epoch"] for r in rows)
     for ax in (loss_ax, acc_ax, lr_ax):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
-        ax.set_xlim(0 if ax is lr_ax else 0.5, last + 0.5)  # one epoch: not 0.95..1.05
-    return _save(fig, path)
+        ax.set_xlim(0 if ax is lr_ax or steps else 0.5, last + 0.5)  # not 0.95..1.05
+    return fig
 
 
 def _lr_points(rows, steps, steps_per_epoch) -> tuple[list[float], list[float]]:
@@ -110,18 +121,24 @@ def plot_confusion(confusion: np.ndarray, classes: list[str], path: Path) -> Pat
 
 def plot_per_class(per_class: np.ndarray, classes: list[str], overall: float, path: Path) -> Path:
     """Test accuracy (percent) of each class as bars, the overall accuracy as a line."""
+    return _save(per_class_figure(per_class, classes, overall), path)
+
+
+def per_class_figure(per_class: np.ndarray, classes: list[str], overall: float):
+    """:func:`plot_per_class`'s figure; the dashed line is explained in the title, where no
+    legend box can cover a bar or its label."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=PER_CLASS_SIZE, layout="constrained")
     ax = fig.subplots()
     bars = ax.bar(range(len(classes)), per_class, color="tab:blue")
-    ax.axhline(overall, color="tab:red", linestyle="--", label=f"overall {overall:.1f}%")
+    ax.axhline(overall, color="tab:red", linestyle="--")
     if len(classes) <= 20:
         ax.bar_label(bars, fmt="%.0f", fontsize=8)
     ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", **PLAIN)
-    ax.set(ylim=(0, 105), ylabel="accuracy (%)", title="per-class test accuracy")
-    ax.legend(loc="lower right")
-    return _save(fig, path)
+    title = f"per-class test accuracy (dashed red line: overall {overall:.1f}%)"
+    ax.set(ylim=(0, 105), ylabel="accuracy (%)", title=title)
+    return fig
 
 
 def plot_wrong(

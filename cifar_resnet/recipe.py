@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .errors import UsageError
+from .names import check_model
 from .regularisers import POLICIES, check_regularisers
 
 SCHEDULES = ("step", "multistep", "cosine", "onecycle", "constant")
@@ -362,6 +363,7 @@ class TrainConfig:
         self._check_numbers()
         check_regularisers(self, MAX_IMAGE_SIZE)
         self._check_choices()
+        check_model(self.model)  # before torch is imported: names.py knows the models
         if self.target_accuracy and self.target_split == "val" and not self.val_split:
             raise UsageError(
                 "target_accuracy is checked on the validation split: add "

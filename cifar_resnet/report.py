@@ -200,7 +200,10 @@ def check_run(run_dir: str | os.PathLike) -> list[dict[str, float | None]]:
     """What a report needs before any work (a caller runs it before loading the data): the
     run folder, its metrics (returned, as :func:`read_metrics`) and matplotlib."""
     if not Path(run_dir).is_dir():
-        raise UsageError(f"run folder {run_dir} does not exist")
+        # exit 4, as evaluate, predict and export give for a run that is not there
+        raise CheckpointError(
+            f"run folder {run_dir} does not exist; pass the folder given as train --out"
+        )
     require("matplotlib", "report")
     return read_metrics(run_dir)
 

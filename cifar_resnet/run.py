@@ -106,6 +106,7 @@ class Run:
     plan_mark: tuple[float, int] = (0.0, 0)  # (time, step) of the last re-plan check
     writer: Any = None  # TensorBoard SummaryWriter
     last_checkpoint: Path | None = None
+    tty: bool = False  # progress drawn as bars on a terminal (else lines in a log)
 
     @property
     def steps_per_epoch(self) -> int:

@@ -61,6 +61,7 @@ class RunDir:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self._lock_fd: int | None = None
+        self._made: list[Path] = []  # what lock() created, for unlock(tidy=True)
 
     @property
     def checkpoints(self) -> Path:
@@ -137,8 +138,9 @@ class RunDir:
     def lock(self) -> None:
         """Take the folder's lock or fail at once naming the process that holds it. flock is
         released by the kernel when its holder dies, so a killed run never blocks the next."""
-        self.create()
         path = self.path / ".lock"
+        made = [p for p in (path, self.checkpoints, self.path) if not p.exists()]
+        self.create()
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
         except OSError as e:
@@ -157,14 +159,23 @@ class RunDir:
             ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
-        self._lock_fd = fd
+        self._lock_fd, self._made = fd, made
         for folder in (self.path, self.checkpoints):  # left by killed writers
             remove_stale_temps(folder)
 
-    def unlock(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # closing releases the flock
-            self._lock_fd = None
+    def unlock(self, tidy: bool = False) -> None:
+        """Release the folder; ``tidy``: a run refused before it wrote anything leaves nothing
+        behind (the lock file, checkpoints/ and the folder, if this process made them)."""
+        if self._lock_fd is None:
+            return
+        if tidy and not self.holds_run():
+            for made in self._made:  # the lock file, then the folders, each only if empty
+                try:
+                    made.unlink() if made.name == ".lock" else made.rmdir()
+                except OSError:
+                    pass
+        os.close(self._lock_fd)  # closing releases the flock
+        self._lock_fd = None
 
     def clear(self) -> None:
         """Remove a previous run's files (``--overwrite``): only those a run of ours recorded
@@ -317,7 +328,7 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, float | None]]:
     if not path.is_file() and RunDir(run_dir).holds_run():
         raise UsageError(
             f"{run_dir} has no finished epoch yet (it was stopped in its first); report after "
-            "an epoch: continue it with `cifar-resnet train --resume`"
+            f"an epoch: continue it with `cifar-resnet train --resume {run_dir}`"
         )
     if not path.is_file():
         raise UsageError(

@@ -67,7 +67,7 @@ def fit(
     dist_info, dev = distributed.setup(device, options.dist_backend, options.dist_timeout)
     quiet = options.quiet or not dist_info.is_main
     options = dataclasses.replace(options, started=started, quiet=quiet)
-    folder = RunDir(out_dir)
+    folder, done = RunDir(out_dir), False
     try:
         _take_folder(folder, dist_info, dev)
         ckpt = _resume_checkpoint(options.resume, folder, options.overwrite, dist_info.is_main, dev)
@@ -81,6 +81,7 @@ def fit(
         # model still referenced it could abort that process at exit.
         del run
         distributed.barrier()
+        done = True
         return summary
     except RuntimeError as e:
         if not dist_info.enabled:
@@ -92,7 +93,7 @@ def fit(
             f"ranks ({first}); continue with --resume auto"
         ) from None
     finally:
-        folder.unlock()
+        folder.unlock(tidy=not done)  # a refused run leaves no empty folder or lock behind
         distributed.cleanup()
 
 
@@ -148,8 +149,8 @@ def _resume_checkpoint(
     taken = main and resume is None and folder.holds_run() and not overwrite
     if distributed.any_rank(taken, dev):
         raise UsageError(
-            f"{folder.path} already holds a run; continue it with --resume {folder.path}, "
-            "replace it with --overwrite, or choose a new --out"
+            f"{folder.path} already holds a run; continue it with fit(..., resume='auto'), "
+            "replace it with fit(..., overwrite=True), or choose another out_dir"
         )
     if main:  # a new run: --overwrite, or --resume auto on a run killed before any checkpoint
         folder.clear()
@@ -264,6 +265,10 @@ def _plan(run: Run) -> None:
     config = run.config
     if not config.time_budget or run.state.planned_steps:
         return
+    run.log(
+        f"time budget {config.time_budget:g}s: timing the run's steps and evaluation on a copy "
+        "of the model (a few seconds) ..."
+    )
     t0 = time.perf_counter()
     if run.main:
         probe_path = run.folder.path / ".budget-probe.pt"

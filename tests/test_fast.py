@@ -238,9 +238,9 @@ def test_budget_counts_the_cheaper_early_steps():
     # From global step 10: 34 more steps make a 44-step run, early up to step 18, so steps
     # 10..43 cost 8 x 0.5 + 26 x 1 = 30 s; a 35th would make it 45 steps and 31 s.
     assert plan.steps_within(30.0, 10) == 34
-    # A run re-measured 2x slower over early steps is 2x slower at both sizes.
-    plan.rescale(0, 10, 100, 10.0)
-    assert (plan.early_step_s, plan.step_s) == (1.0, 2.0)
+    # A run re-measured 1.5x slower over early steps is 1.5x slower at both sizes.
+    plan.rescale(0, 10, 100, 7.5)
+    assert (plan.early_step_s, plan.step_s) == (0.75, 1.5)
 
 
 def test_a_wrong_plan_is_corrected_by_the_runs_own_speed(

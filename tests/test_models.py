@@ -100,3 +100,12 @@ def test_unknown_model_lists_valid_names():
 def test_registry_refuses_duplicates():
     with pytest.raises(ValueError, match="twice"):
         register_model("seed", "again")(lambda num_classes: None)
+
+
+def test_the_torch_free_name_table_is_the_registry():
+    """names.MODEL_NAMES lets the command line refuse a model before importing torch: a model
+    registered here must be added there too."""
+    from cifar_resnet.models import list_models
+    from cifar_resnet.names import MODEL_NAMES
+
+    assert list(MODEL_NAMES) == list(list_models())

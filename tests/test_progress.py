@@ -1,7 +1,9 @@
 """What a user sees: progress inside an epoch, flags honoured or refused, runs that remember
 their data, interrupted runs explained, plots that show the real schedule."""
 
+import io
 import json
+import re
 import subprocess
 
 import pytest
@@ -41,13 +43,58 @@ def test_a_terminal_bar_carries_the_running_figures(capsys):
     progress = Progress(total_steps=20, steps_per_epoch=10, first_step=0, tty=True, log=None,
                         log_every=5)  # fmt: skip
     progress.start_epoch(0, 0)
-    for step in range(1, 6):
+    progress.step(1, 1, 0.05, lambda: (1.25, 40.0, 8))
+    # Figures from the first step, speed and run ETA first (never cut at 80 columns).
+    assert progress.bar.desc == "ep 1/2"
+    assert re.match(r"\d+im/s ETA \d+s ", progress.bar.postfix), progress.bar.postfix
+    assert progress.bar.postfix.endswith("loss 1.25 acc 40.0% lr 0.05")
+    for step in range(2, 6):
         progress.step(step, step, 0.05, lambda: (1.25, 40.0, 80))
-    assert progress.bar.desc == "epoch 1/2"
-    assert progress.bar.postfix.startswith("loss 1.2500 acc 40.00% lr 0.05")
-    assert "img/s run ETA" in progress.bar.postfix
     progress.close()
     assert progress.rows[0]["step"] == 5 and progress.rows[0]["loss"] == 1.25
+
+
+class Terminal(io.StringIO):
+    """What an 80-column terminal is sent: tqdm draws to it as to a tty."""
+
+    def isatty(self):
+        return True
+
+    def lines(self):
+        return [part for part in re.split(r"[\r\n]", self.getvalue()) if part.strip()]
+
+
+def test_the_bar_refreshes_every_step_fits_80_columns_and_follows_a_replan(monkeypatch):
+    """Every step redraws (tqdm's mininterval 0 here), every drawn line fits 80 columns with
+    images/s and the ETA whole, and a re-plan mid-epoch changes the bar's total without a new
+    bar (its elapsed time goes on; the loop is not paused)."""
+    import tqdm as tqdm_module
+
+    screen = Terminal()
+    real = tqdm_module.tqdm.__init__
+
+    def onto_the_terminal(self, *args, **kwargs):
+        real(self, *args, **{**kwargs, "file": screen, "ncols": 80, "mininterval": 0})
+
+    monkeypatch.setattr(tqdm_module.tqdm, "__init__", onto_the_terminal)
+    plan = {"total": 391 * 5}
+    progress = Progress(total_steps=lambda: plan["total"], steps_per_epoch=391, first_step=0,
+                        tty=True, log=None)  # fmt: skip
+    progress.start_epoch(0, 0)
+    bar = progress.bar
+    figures = iter(range(1, 1000))
+    for step in range(1, 41):
+        progress.step(step, step, 0.1, lambda: (12.3456, 99.5, 128 * next(figures)))
+    assert bar.total == 391
+    plan["total"] = 120  # re-planned under a time budget: this epoch is the run's last
+    for step in range(41, 46):
+        progress.step(step, step, 0.1, lambda: (12.3456, 99.5, 128 * next(figures)))
+    assert progress.bar is bar and bar.total == 120 and bar.n == 45
+    progress.close()
+    drawn = [line for line in screen.lines() if "im/s" in line]
+    assert len(drawn) >= 44  # every step but the bar's first draw
+    assert all(len(line) <= 80 and re.search(r"\d+im/s ETA \d+[smh]", line) for line in drawn)
+    assert drawn[-1].split("|")[2].split()[0] == "45/120", drawn[-1]
 
 
 def test_format_seconds():
@@ -163,7 +210,7 @@ def test_a_closed_pipe_is_not_a_traceback():
 
 
 def test_speed_counts_only_the_images_since_the_epoch_went_on(monkeypatch):
-    """An epoch resumed (or paused for a re-plan) at 400 images: 80 more in 2 s is 40 img/s."""
+    """An epoch resumed at 400 images: 80 more in 2 s is 40 img/s."""
     from cifar_resnet import progress as progress_module
 
     clock = iter([100.0, 100.0, 102.0])

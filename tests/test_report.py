@@ -71,7 +71,7 @@ def test_errors_are_one_line(subset_run, tmp_path, monkeypatch, capsys):
     run, _, _ = subset_run
     with pytest.raises(UsageError, match="no metrics.csv"):
         write_report(tmp_path)
-    assert cli_main("report", tmp_path / "nope") == 2
+    assert cli_main("report", tmp_path / "nope") == 4  # as evaluate: a missing run
     assert capsys.readouterr().err.count("\n") == 1
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     assert cli_main("report", run) == 2

@@ -290,6 +290,19 @@ def main() -> None:
     )  # fmt: skip
     holder.stdout.readline()
     case("a second training into a run folder in use", "train", "--resume", busy, "--data", good)
+    case("a misspelt model (refused before torch loads)", "train", "--data", good, "--out",
+         tmp / "r", "--model", "ResNet20")  # fmt: skip
+    runs = tmp / "runs"
+    shutil.copytree(run, runs / "seed")
+    case("--resume of a folder of runs", "train", "--resume", runs)
+    case("--resume of a checkpoint file", "train", "--resume", ckpt)
+    case("--resume of a run folder that does not exist", "train", "--resume", tmp / "gone")
+    case("report of a run folder that does not exist", "report", tmp / "gone")
+    case("evaluate of a run folder that does not exist", "evaluate", tmp / "gone")
+    stopped = tmp / "stopped"
+    (stopped / "checkpoints").mkdir(parents=True)
+    shutil.copy(run / "config.toml", stopped / "config.toml")
+    case("report of a run stopped in its first epoch", "report", stopped)
     attacks(tmp, good, run, ckpt, case, quick)
 
     print("| bad input | exit | message |\n|---|---|---|")
@@ -300,7 +313,8 @@ def main() -> None:
         msg = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "(runs)"
         msg = msg.replace(str(tmp), "…").replace("|", "\\|")
         msg = re.sub(r"pid \d+", "pid N", msg)
-        print(f"| {what} | {r.returncode} | `{msg}` |", flush=True)
+        code = f"`` {msg} ``" if "`" in msg else f"`{msg}`"  # a hint's `command` inside
+        print(f"| {what} | {r.returncode} | {code} |", flush=True)
     holder.kill()
 
 

@@ -14,6 +14,17 @@ from . import evaluate, export, info, predict, report, train, tune
 from .flags import Parser
 
 
+def tta_levels(argv: list[str]) -> list[str]:
+    """``--tta`` with no level takes 1 explicitly, so that it never swallows the positional
+    argument after it (``predict --tta runs/seed img.jpg``)."""
+    out: list[str] = []
+    for i, arg in enumerate(map(str, argv)):
+        out.append(arg)
+        if arg == "--tta" and (i + 1 == len(argv) or str(argv[i + 1]) not in ("0", "1", "2")):
+            out.append("1")
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="cifar-resnet",
@@ -28,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(tta_levels(sys.argv[1:] if argv is None else argv))
     try:
         return args.func(args)
     except Interrupted as e:  # the user's own stop: not an error ("stopped by signal 2 ...")

@@ -4,6 +4,7 @@ matrix on the test (or validation) images its run held out."""
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..errors import UsageError
 from .flags import (
@@ -95,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         bundle = load_run_bundle(args, ckpt, overrides.get("image_size"))
     device = resolve_device(args.device)
     precision = overrides.pop("precision", ckpt["config"].get("precision", "auto"))
+    bar = EvalBar(f"evaluating {path} on its {args.split} images", args.tta)
     result = evaluate_checkpoint(
         ckpt,
         bundle,
@@ -105,7 +107,9 @@ def run(args: argparse.Namespace) -> int:
         ema=args.use_ema,
         where=str(path),
         overrides=overrides,
+        on_batch=bar.tick,
     )
+    bar.close()
     result["checkpoint"] = str(path)
     result["checkpoint_state"] = describe_checkpoint(ckpt)
     if args.json:
@@ -118,6 +122,33 @@ def run(args: argparse.Namespace) -> int:
         )
         print(format_report(result))
     return 0
+
+
+class EvalBar:
+    """A long evaluation is not a silent wait: a line on stderr first (what, with which
+    test-time augmentation), then a bar over the batches on a terminal."""
+
+    def __init__(self, what: str, tta: int):
+        self.what, self.tta, self.bar, self.started = what, tta, None, False
+
+    def tick(self, batches: int) -> None:
+        """Before each batch: the first (every check passed) says what starts."""
+        if not self.started:
+            from ..evaluate import TTA_WORDS
+
+            self.started = True
+            print(f"{self.what}, test-time augmentation: {TTA_WORDS[self.tta]} ...",
+                  file=sys.stderr)  # fmt: skip
+            if sys.stderr.isatty():
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=batches, leave=False, unit="batch", desc="evaluating")
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _floats(text: str) -> list[float]:

@@ -192,7 +192,7 @@ def add_tta_flag(p: argparse.ArgumentParser) -> None:
         metavar="LEVEL",
         help="test-time augmentation: --tta (or 1) averages the logits of each image and its "
         "mirror image (usually a few tenths of a point); 2 adds two 1-pixel translations (6 "
-        "passes), as the fast preset's evaluations; put it after the positional arguments",
+        "passes), as the fast preset's evaluations",
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from .flags import add_data_flags, load_run_bundle
 
@@ -46,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
     check_run(run_dir)  # fail on a missing folder or matplotlib before decoding data
     _, ckpt = resolve_checkpoint(run_dir)
     bundle = load_run_bundle(args, ckpt, required=False)  # at the image size it trained on
+    what = "the test images evaluated for them" if bundle is not None else "curves only"
+    print(f"report: plots of {args.run_dir}, {what} ...", file=sys.stderr, flush=True)
     for path in write_report(args.run_dir, bundle):
         print(f"wrote {path}")
     return 0

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
 from ..config import PRESETS, load_toml, resolve_config
-from ..errors import UsageError
+from ..errors import CheckpointError, UsageError
+from ..names import check_model
+from ..progress import plural
 from ..recipe import DATA, RUN, RUNTIME
+from ..rundir import RunDir
 from .flags import (
     add_config_flags,
     add_data_flags,
@@ -120,13 +124,17 @@ def _add_dist_flags(t) -> None:
 
 
 def _run_folder(args: argparse.Namespace) -> str:
+    """The run folder, normalised (``./runs//seed/`` is printed as ``runs/seed``)."""
+    return os.path.normpath(_given_folder(args))
+
+
+def _given_folder(args: argparse.Namespace) -> str:
     if args.resume and args.resume != "auto":
         if args.out and Path(args.out).resolve() != Path(args.resume).resolve():
             raise UsageError(
                 "--resume RUN_DIR continues in RUN_DIR; drop --out or make them the same"
             )
-        if not Path(args.resume).is_dir():
-            raise UsageError(f"--resume {args.resume}: no such run folder")
+        _check_resume_folder(Path(args.resume))
         return args.resume
     if args.resume == "auto" and not args.out:
         raise UsageError("--resume auto needs --out RUN_DIR")
@@ -135,16 +143,41 @@ def _run_folder(args: argparse.Namespace) -> str:
     return args.out
 
 
+def _check_resume_folder(path: Path) -> None:
+    """``--resume PATH`` names a run folder: a checkpoint file, or a folder of runs, is refused
+    with the command that continues the run meant."""
+    if path.is_file() and path.parent.name == "checkpoints":
+        raise UsageError(
+            f"--resume takes a run folder, not a checkpoint file; continue its run (from its "
+            f"newest checkpoint) with `cifar-resnet train --resume {path.parent.parent}`"
+        )
+    if not path.is_dir():
+        raise CheckpointError(
+            f"--resume {path}: no such run folder; pass the folder given as --out"
+        )
+    if RunDir(path).holds_run() or (path / "seeds.json").is_file():
+        return
+    runs = sorted(p for p in path.iterdir() if p.is_dir() and RunDir(p).holds_run())
+    if runs:
+        names = ", ".join(str(p) for p in runs[:3]) + (", ..." if len(runs) > 3 else "")
+        raise UsageError(
+            f"--resume {path}: a folder of runs ({names}), not a run; continue one with "
+            f"`cifar-resnet train --resume {runs[0]}`"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()  # --time-budget counts from here: torch's import included
     if args.log_every < 0:
         raise UsageError(
             f"--log-every must be 0 (automatic) or a number of steps, got {args.log_every}"
         )
+    if "model" in flag_values(args):  # a misspelt --model refused before torch is imported
+        check_model(args.model)
+    out = _run_folder(args)
     # The library (and torch) is imported only now, so that --help answers at once.
     from ..train import fit
 
-    out = _run_folder(args)
     if _several_seeds(args, out):
         return _run_seeds(args, out, started)
     preset, config, resume = _recipe(args, out)
@@ -158,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
         to_json(summary)
         if args.quiet
         else f"done: test accuracy {summary['test_accuracy']:.2f}% after "
-        f"{summary['epochs']} epochs ({summary['wall_seconds']:.0f}s); summary in "
+        f"{plural(summary['epochs'], 'epoch')} ({summary['wall_seconds']:.0f}s); summary in "
         f"{Path(out) / 'summary.json'}"
     )
     return 0
@@ -170,9 +203,18 @@ def _recipe(args: argparse.Namespace, out: str):
     from .. import checkpoint as ckpt_io
 
     flags = flag_values(args)
-    found = ckpt_io.find_resume(out, required=args.resume != "auto") if args.resume else None
+    found = ckpt_io.find_resume(out, required=False) if args.resume else None
+    if found is None and args.resume not in (None, "auto"):
+        return _restart_recipe(args, flags, out)
     if found is None:
-        return (*_new_recipe(args, flags), None)
+        if args.resume is None and not args.overwrite and RunDir(out).holds_run():
+            raise UsageError(
+                f"{out} already holds a run; continue it with `cifar-resnet train --resume "
+                f"{out}`, replace it with --overwrite, or choose a new --out"
+            )
+        # --resume auto on a folder with no checkpoint (a run killed before its first one
+        # ended, or none yet): the run starts, over whatever that run left.
+        return (*_new_recipe(args, flags), args.resume)
     path, resume = found
     _no_config_with_resume(args, out)
     if not args.quiet:
@@ -192,6 +234,25 @@ def _no_config_with_resume(args: argparse.Namespace, out: str) -> None:
             f"--config with --resume: {out} continues with its own recipe; give the fields to "
             "change as flags (e.g. --epochs 30), or start a new --out with --config"
         )
+
+
+def _restart_recipe(args: argparse.Namespace, flags: dict, out: str):
+    """``--resume R`` of a run stopped before its first checkpoint: its recipe (R/config.toml)
+    and data (R/run.json) start it again from step 0."""
+    from ..rundir import read_json
+
+    saved = Path(out) / "config.toml"
+    args.data = args.data or read_json(Path(out) / "run.json").get("data")
+    if not saved.is_file() or args.data is None:
+        raise CheckpointError(
+            f"--resume {out}: the folder holds no checkpoint yet and no run to start again; "
+            "start one with "
+            f"`cifar-resnet train --data DATA --out {out} --resume auto`"
+        )
+    preset, config = resolve_config(args.preset, load_toml(str(saved)), flags, file_name=str(saved))
+    if not args.quiet:
+        print(f"{out} holds no checkpoint yet (stopped in its first epoch): starting it again")
+    return preset, config, "auto"
 
 
 def _several_seeds(args: argparse.Namespace, out: str) -> bool:
@@ -223,13 +284,29 @@ def _run_seeds(args: argparse.Namespace, out: str, started: float) -> int:
         print(to_json(result))
         return 0
     acc = result["aggregate"]["test_accuracy"]
-    print("\n".join(["", *format_table(result), ""]))
+    print("\n".join(["", *text_table(format_table(result)), ""]))
     print(
         f"done: {len(result['seeds'])} seeds, test accuracy {acc['mean']:.2f}% ± "
         f"{acc['std']:.2f} (min {acc['min']:.2f}, max {acc['max']:.2f}); summary in "
         f"{Path(out) / 'summary.json'}"
     )
     return 0
+
+
+SEED_COLUMNS = (
+    "train s: seconds in training steps; wall s: training and evaluations; command s: "
+    "seconds since the command started (start-up and data included)"
+)
+
+
+def text_table(markdown: list[str]) -> list[str]:
+    """A markdown table as aligned plain text for a terminal, its columns explained below."""
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in markdown]
+    rows = [r for r in rows if not all(set(c) <= {"-"} for c in r)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
+                       enumerate(zip(r, widths))).rstrip() for r in rows]  # fmt: skip
+    return [lines[0], "  ".join("-" * w for w in widths), *lines[1:], SEED_COLUMNS]
 
 
 def _seeds_recipe(args: argparse.Namespace, out: str):
@@ -313,6 +390,8 @@ def _report(out: str, bundle, quiet: bool) -> None:
     from ..report import write_report
 
     t0 = time.perf_counter()  # after the run: outside --time-budget (--no-report skips it)
+    if not quiet:
+        print(f"report: plots of {out}, the test images evaluated for them ...", flush=True)
     paths = write_report(out, bundle)  # the data already loaded for training
     if not quiet:
         took = time.perf_counter() - t0
