@@ -16,7 +16,7 @@ _LAZY = {
     "RunOptions": "run",
     "fit_seeds": "seeds",
     "load_data": "data",
-    "tune": "tune",
+    "tune": "tuning",
 }
 
 __all__ = ["PRESETS", "TrainConfig", "resolve_config", "CifarResnetError", *_LAZY]

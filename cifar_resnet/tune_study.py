@@ -3,8 +3,9 @@
 
     STUDY/tune.json          the spec: data, recipe, search space, sampler, pruner, storage
     STUDY/study.db           the default storage (SQLite)
-    STUDY/trials/NNNN/       trial NNNN: a normal run folder, with trial.toml (its recipe),
-                             trial.json (its number and sampled values) and train.log
+    STUDY/trials/NNNN/       trial NNNN: a normal run folder; beside it NNNN.trial.toml (its
+                             recipe), NNNN.trial.json (its number and sampled values) and
+                             NNNN.train.log
     STUDY/best.toml          the best trial's recipe (``train --config`` reads it)
     STUDY/report.md          ``cifar-resnet report STUDY``
 """

@@ -185,6 +185,12 @@ def _take_slot(w: Worker) -> None:
     w.lock_fd = fd
 
 
+def side(folder: Path, name: str) -> Path:
+    """A trial's own file beside its run folder (``trials/0003.trial.json``): the run folder
+    holds only what the run writes, as `train` requires of an --out."""
+    return folder.parent / f"{folder.name}.{name}"
+
+
 def objective(trial, w: Worker) -> float:
     w.release()
     values = {p.name: p.suggest(trial) for p in w.params}
@@ -197,8 +203,8 @@ def objective(trial, w: Worker) -> float:
     except UsageError as e:  # a combination of values the recipe refuses
         trial.set_user_attr("error", str(e))
         raise TrialFailed(str(e)) from None
-    folder.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(folder / "trial.toml", config_to_toml(w.spec["preset"], config))
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(side(folder, "trial.toml"), config_to_toml(w.spec["preset"], config))
     command = trial_command(w.spec, folder)
     record = {
         "study": w.spec["study_name"],
@@ -208,7 +214,7 @@ def objective(trial, w: Worker) -> float:
         "host": socket.gethostname(),
         "worker_pid": os.getpid(),
     }
-    write_text_atomic(folder / "trial.json", json.dumps(record, indent=2) + "\n")
+    write_text_atomic(side(folder, "trial.json"), json.dumps(record, indent=2) + "\n")
     return _train(trial, w, folder, command, values)
 
 
@@ -216,7 +222,7 @@ def trial_command(spec: dict[str, Any], folder: Path) -> list[str]:
     """``cifar-resnet train`` of the trial's recipe into its folder, as a child that dies with
     its worker (``cifar_resnet.cli.trial``)."""
     cmd = [sys.executable, "-m", "cifar_resnet.cli.trial", "train", "--data", spec["data"]]
-    cmd += ["--out", str(folder), "--config", str(folder / "trial.toml")]
+    cmd += ["--out", str(folder), "--config", str(side(folder, "trial.toml"))]
     cmd += ["--device", spec["device"], "--no-report"]
     for flag in ("data_dir", "cache_dir"):
         if spec.get(flag):
@@ -236,7 +242,7 @@ def _child_env(w: Worker) -> dict[str, str]:
 
 def _train(trial, w: Worker, folder: Path, command: list[str], values: dict) -> float:
     started = time.perf_counter()
-    with open(folder / "train.log", "ab") as log:
+    with open(side(folder, "train.log"), "ab") as log:
         w.child = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, env=_child_env(w), start_new_session=True
         )
@@ -296,7 +302,7 @@ def _outcome(trial, w, folder, code, last, values, seconds) -> float:
     if code == 0 and last is not None:
         _say(w, f"trial {trial.number}: val {last:.2f}% in {seconds:.0f}s ({_show(values)})")
         return last
-    line = _error_line(folder / "train.log") or f"exit code {code}"
+    line = _error_line(side(folder, "train.log")) or f"exit code {code}"
     trial.set_user_attr("error", line)
     if code == EXIT_INTERRUPTED and w.signum is not None:
         trial.set_user_attr("interrupted", True)
@@ -305,8 +311,9 @@ def _outcome(trial, w, folder, code, last, values, seconds) -> float:
     if code in (EXIT_DIVERGED, EXIT_INTERRUPTED, -signal.SIGKILL):
         _say(w, f"trial {trial.number} failed: {line}")
         raise TrialFailed(line)  # this point of the space fails; the study goes on
+    log = side(folder, "train.log")
     raise StudyError(
-        f"trial {trial.number} failed: {line.removeprefix('error: ')} (see {folder}/train.log)",
+        f"trial {trial.number} failed: {line.removeprefix('error: ')} (see {log})",
         code if code > 0 else 1,
     )
 

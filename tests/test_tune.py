@@ -90,7 +90,7 @@ def test_six_trials_two_jobs_sqlite_best_recipe_retrains(data, env, tmp_path, ca
     assert len({t.params["label_smoothing"] for t in trials}) == 6
     for t in trials:  # each trial a normal run folder, recorded with its number
         folder = out / "trials" / f"{t.number:04d}"
-        record = json.loads((folder / "trial.json").read_text())
+        record = json.loads((folder.parent / f"{folder.name}.trial.json").read_text())
         assert record["trial"] == t.number and record["params"] == t.params
         run_json = json.loads((folder / "run.json").read_text())
         assert run_json["val_images"] == 32 and run_json["test_images"] == 2  # no test to judge
@@ -190,8 +190,8 @@ def test_two_commands_join_one_study_on_postgresql(data, env, tmp_path, postgres
 
 def _running_trial(out: Path, skip=()) -> tuple[int, int] | None:
     """(trial number, worker pid) of a trial whose first epoch is recorded."""
-    for record in sorted((out / "trials").glob("*/trial.json")):
-        folder = record.parent
+    for record in sorted((out / "trials").glob("*.trial.json")):
+        folder = record.parent / record.name.removesuffix(".trial.json")
         info = json.loads(record.read_text())
         if info["trial"] in skip or (folder / "summary.json").exists():
             continue
@@ -243,7 +243,7 @@ def test_kill_9_and_ctrl_c_then_resume(data, env, tmp_path, monkeypatch):
         folder = out / "trials" / f"{number:04d}"
         assert list((folder / "checkpoints").glob("*.pt")), number
         _wait_for(lambda f=folder: _unlocked(f))  # the killed worker's child ends on its own
-        log = (folder / "train.log").read_text()
+        log = (folder.parent / f"{folder.name}.train.log").read_text()
         assert "stopped by signal" in log, (number, killed, stopped, log[-300:])
     waiting = [t for t in trials.values() if t.state.name == "WAITING"]
     assert [t.user_attrs["retry_of"] for t in waiting] == [stopped]  # queued to run again
@@ -352,7 +352,9 @@ def test_a_trial_behind_the_median_is_pruned_then_final_seeds(
     assert second.state.name == "PRUNED" and second.user_attrs["pruned_at_epoch"] == 1
     assert second.intermediate_values == {1: 50.0}
     folder = out / "trials" / "0001"
-    assert "stopped by signal 15" in (folder / "train.log").read_text()  # saved, then stopped
+    assert (
+        "stopped by signal 15" in (folder.parent / f"{folder.name}.train.log").read_text()
+    )  # saved, then stopped
     assert list((folder / "checkpoints").glob("*.pt"))
     assert not (folder / "summary.json").exists()
 

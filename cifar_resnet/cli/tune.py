@@ -148,8 +148,8 @@ def _check_resume(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import UsageError
-    from ..tune import tune
     from ..tune_study import is_study
+    from ..tuning import tune
 
     if not args.resume and args.data is None and args.out and is_study(args.out):
         args.resume = args.out  # the study's folder again, without --data: continue it
