@@ -10,13 +10,15 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import cli_argv, run_cli
 from test_distributed import STEPS_PER_EPOCH as DDP_STEPS
-from test_distributed import bundle, folder, metrics, train  # noqa: F401 - fixtures
-from test_resume import ENV, cli, newest_name, run, wait_for_writes
+from test_distributed import bundle, folder, train  # noqa: F401 - fixtures
+from test_resume import ENV, newest_name, wait_for_writes
 
 from cifar_resnet.checkpoint import checkpoint_files, load_checkpoint
 from cifar_resnet.loader import DeviceLoader
 from cifar_resnet.mixing import BatchAugment
+from cifar_resnet.rundir import read_metrics
 
 POLICIES = {
     "autoaugment": dict(policy="cifar10"),
@@ -99,13 +101,13 @@ def data3(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(data3, tmp_path_factory, cache_dir):
     out = tmp_path_factory.mktemp("ref") / "run"
-    r = run("train", "--data", data3, "--out", out, *TRAIN)
+    r = run_cli("train", "--data", data3, "--out", out, *TRAIN, env=ENV)
     assert r.returncode == 0, r.stderr
     return out
 
 
 def test_deterministic_runs_with_every_regulariser_repeat_bitwise(data3, reference, tmp_path):
-    r = run("train", "--data", data3, "--out", tmp_path / "again", *TRAIN)
+    r = run_cli("train", "--data", data3, "--out", tmp_path / "again", *TRAIN, env=ENV)
     assert r.returncode == 0, r.stderr
     digest = json.loads((reference / "summary.json").read_text())["weights_sha256"]
     assert json.loads((tmp_path / "again" / "summary.json").read_text())["weights_sha256"] == digest
@@ -115,7 +117,7 @@ def test_deterministic_runs_with_every_regulariser_repeat_bitwise(data3, referen
 
 def test_sigkill_mid_epoch_resumes_bitwise_with_every_regulariser(data3, reference, tmp_path):
     out = tmp_path / "run"
-    cmd = cli("train", "--data", data3, "--out", out, "--resume", "auto", *TRAIN)
+    cmd = cli_argv("train", "--data", data3, "--out", out, "--resume", "auto", *TRAIN)
     for _ in range(2):  # each launch killed at its second save: steps 6 and 12 of 15
         pipe = subprocess.PIPE
         p = subprocess.Popen(cmd, stdout=pipe, stderr=pipe, text=True, env=ENV)
@@ -125,7 +127,7 @@ def test_sigkill_mid_epoch_resumes_bitwise_with_every_regulariser(data3, referen
         assert p.returncode == -signal.SIGKILL
     killed_at = int(newest_name(out)[7:14])
     assert killed_at % 15, "the kills should land mid-epoch"
-    r = run(*cmd[3:])
+    r = run_cli(*cmd[3:], env=ENV)
     assert r.returncode == 0, r.stderr
     a = load_checkpoint(checkpoint_files(out)[0])
     b = load_checkpoint(checkpoint_files(reference)[0])
@@ -142,6 +144,6 @@ def test_two_processes_train_like_one_with_every_regulariser(bundle, tmp_path): 
     one = train(1, tmp_path / "one", bundle, **extra)
     assert two[0]["weights_sha256"] == two[1]["weights_sha256"]
     assert two[0]["steps"] == one[0]["steps"] == DDP_STEPS
-    (a,), (b,) = metrics(tmp_path / "two"), metrics(tmp_path / "one")
+    (a,), (b,) = read_metrics(tmp_path / "two"), read_metrics(tmp_path / "one")
     assert float(a["train_loss"]) == pytest.approx(float(b["train_loss"]), rel=1e-2)
     assert float(a["train_acc"]) == pytest.approx(float(b["train_acc"]), abs=1.0)
