@@ -224,7 +224,9 @@ def load_weights(module: torch.nn.Module, state: dict[str, Any], what: str) -> N
     finite: :func:`tensorcheck.check_tensors`); a mismatch is one line naming the first keys
     concerned."""
     template = module.state_dict()
-    if isinstance(state, dict) and set(state) != set(template):  # names first: the clearer
+    # BatchNorm fills a num_batches_tracked that state dicts of older torch versions lack.
+    needed = {k for k in template if not k.endswith("num_batches_tracked")}
+    if isinstance(state, dict) and not needed <= set(state) <= set(template):  # names first
         missing = [k for k in template if k not in state][:3]
         unexpected = [str(k) for k in state if k not in template][:3]
         raise CheckpointError(

@@ -11,11 +11,11 @@ from .errors import UsageError
 MODEL_NAMES = (
     "seed",
     *(f"resnet{d}{b}" for d in (20, 32, 44, 56, 110) for b in ("", "b")),
-    "fastnet",
-    "fastnet-s",
     "resnet18",
     "resnet34",
     "preact-resnet18",
+    "fastnet",
+    "fastnet-s",
 )
 WRN_MAX_DEPTH = 100  # WRN-100-K: 16 blocks a stage; deeper is not a CIFAR baseline
 WRN_MAX_WIDTH = 16  # WRN-28-16 already has ~93M parameters

@@ -139,7 +139,8 @@ class RunDir:
         """Take the folder's lock or fail at once naming the process that holds it. flock is
         released by the kernel when its holder dies, so a killed run never blocks the next."""
         path = self.path / ".lock"
-        made = [p for p in (path, self.checkpoints, self.path) if not p.exists()]
+        own = (path, self.path / MANIFEST, self.checkpoints, self.path)
+        made = [p for p in own if not p.exists()]
         self.create()
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
@@ -169,9 +170,9 @@ class RunDir:
         if self._lock_fd is None:
             return
         if tidy and not self.holds_run():
-            for made in self._made:  # the lock file, then the folders, each only if empty
+            for made in self._made:  # the lock file, the empty manifest, then the folders
                 try:
-                    made.unlink() if made.name == ".lock" else made.rmdir()
+                    made.unlink() if made.name in (".lock", MANIFEST) else made.rmdir()
                 except OSError:
                     pass
         os.close(self._lock_fd)  # closing releases the flock

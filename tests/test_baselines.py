@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import SHARED, one_line_error
+from conftest import SHARED, noise_folder, one_line_error
 from PIL import Image
 
 from cifar_resnet.checkpoint import checkpoint_files, load_checkpoint
@@ -198,14 +198,9 @@ def test_init_from_starts_from_the_reference_weights(folder32, tmp_path):
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     """3 classes x 8 training images of 8x8; 4 test images."""
-    rng = np.random.default_rng(9)
     root = tmp_path_factory.mktemp("small") / "three"
-    for split, n in (("train", 8), ("test", 4)):
-        for c, base in enumerate((50, 128, 200)):
-            (root / split / f"c{c}").mkdir(parents=True)
-            for i in range(n):
-                px = np.clip(base + rng.integers(-70, 70, (8, 8, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(px).save(root / split / f"c{c}" / f"{i}.png")
+    classes = {"c0": 50, "c1": 128, "c2": 200}
+    noise_folder(root, classes, {"train": 8, "test": 4}, 8, 70, seed=9)
     bundle = load_data(str(root), cache_dir=str(tmp_path_factory.mktemp("cache")))
     bundle.root = str(root)
     return bundle

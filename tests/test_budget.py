@@ -7,9 +7,8 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
-from PIL import Image
+from conftest import noise_folder
 
 from cifar_resnet.budget import MAX_MOVE, BudgetPlan, SpeedEstimate
 
@@ -60,15 +59,8 @@ def test_every_cost_follows_the_smoothed_speed():
 def folder(tmp_path):
     """2 classes x 200 32x32 training images (at --batch-size 8, epochs of 50 steps) and
     2 x 600 test images: a final evaluation of seconds, as a real test set's."""
-    rng = np.random.default_rng(0)
-    root = tmp_path / "data"
-    for split, n in (("train", 200), ("test", 600)):
-        for cls, base in (("bright", 200), ("dark", 40)):
-            (root / split / cls).mkdir(parents=True)
-            for i in range(n):
-                pixels = np.clip(base + rng.integers(-30, 30, (32, 32, 3)), 0, 255)
-                Image.fromarray(pixels.astype(np.uint8)).save(root / split / cls / f"{i}.png")
-    return root
+    counts = {"train": 200, "test": 600}
+    return noise_folder(tmp_path / "data", {"bright": 200, "dark": 40}, counts, 32, 30, seed=0)
 
 
 HOG = "while True: pass"

@@ -47,7 +47,7 @@ def test_config_file_and_flags(tiny_folder, tmp_path, cache_dir, capsys):
 @pytest.mark.parametrize(
     "args,code,match",
     [
-        (["--model", "resnet19"], 2, "unknown model 'resnet19'; valid models: seed"),
+        (["--model", "resnet19"], 2, "unknown model 'resnet19'; did you mean 'resnet18'? valid"),
         (["--preset", "turbo"], 2, "invalid choice: 'turbo' (choose from 'seed', 'paper', 'fast'"),
         (["--epochs", 0], 2, "epochs must be positive"),
         (["--batch-size", -4], 2, "batch_size must be positive"),

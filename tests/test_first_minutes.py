@@ -13,20 +13,13 @@ import time
 
 import numpy as np
 import pytest
-from conftest import one_line_error
-from PIL import Image
+from conftest import noise_folder, one_line_error, run_cli
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def cli(*args, timeout=300):
-    return subprocess.run(
-        [sys.executable, "-m", "cifar_resnet", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=ENV,
-    )
+    return run_cli(*args, env=ENV, timeout=timeout)
 
 
 @pytest.fixture
@@ -127,15 +120,8 @@ def test_a_one_epoch_curve_is_a_line_not_a_dot():
 @pytest.fixture
 def slow_folder(tmp_path):
     """2 classes x 150 8x8 images: at --batch-size 1 an epoch is 300 steps, seconds long."""
-    rng = np.random.default_rng(0)
-    root = tmp_path / "slow"
-    for split, n in (("train", 150), ("test", 4)):
-        for cls, base in (("bright", 200), ("dark", 40)):
-            (root / split / cls).mkdir(parents=True)
-            for i in range(n):
-                pixels = np.clip(base + rng.integers(-30, 30, (8, 8, 3)), 0, 255)
-                Image.fromarray(pixels.astype(np.uint8)).save(root / split / cls / f"{i}.png")
-    return root
+    counts = {"train": 150, "test": 4}
+    return noise_folder(tmp_path / "slow", {"bright": 200, "dark": 40}, counts, 8, 30, seed=0)
 
 
 def test_a_stopped_first_epoch_leaves_its_steps_and_the_expected_length_is_said(

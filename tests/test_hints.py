@@ -10,10 +10,8 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
-from conftest import one_line_error
-from PIL import Image
+from conftest import noise_folder, one_line_error, run_cli
 
 from cifar_resnet.errors import EXIT_CHECKPOINT, EXIT_USAGE
 
@@ -23,28 +21,14 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def cli(*args, timeout=300):
-    return subprocess.run(
-        [sys.executable, "-m", "cifar_resnet", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=ENV,
-    )
+    return run_cli(*args, env=ENV, timeout=timeout)
 
 
 @pytest.fixture
 def slow_folder(tmp_path):
     """2 classes x 150 8x8 images: at --batch-size 1 an epoch is 300 steps, seconds long."""
-    rng = np.random.default_rng(0)
-    root = tmp_path / "slow"
-    for split, n in (("train", 150), ("test", 4)):
-        for cls, base in (("bright", 200), ("dark", 40)):
-            folder = root / split / cls
-            folder.mkdir(parents=True)
-            for i in range(n):
-                pixels = np.clip(base + rng.integers(-30, 30, (8, 8, 3)), 0, 255)
-                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i}.png")
-    return root
+    counts = {"train": 150, "test": 4}
+    return noise_folder(tmp_path / "slow", {"bright": 200, "dark": 40}, counts, 8, 30, seed=0)
 
 
 def kill_before_first_checkpoint(args, out):

@@ -104,7 +104,7 @@ def test_format_seconds():
 def test_flags_show_their_choices_and_the_version(tmp_path):
     r = run_cli("train", "--help")
     assert "{step,multistep,cosine,onecycle,constant}" in r.stdout
-    assert "{seed,paper,fast}" in r.stdout and "STR" not in r.stdout
+    assert "{seed,paper,fast,resnet18,wrn}" in r.stdout and "STR" not in r.stdout
     r = run_cli("evaluate", "--help")
     assert "--limit-train" not in r.stdout and "a GPU if one is visible" in r.stdout
     r = run_cli("--version")

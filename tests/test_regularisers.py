@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import cli_argv, run_cli
+from conftest import cli_argv, noise_folder, run_cli
 from test_distributed import STEPS_PER_EPOCH as DDP_STEPS
 from test_distributed import bundle, folder, train  # noqa: F401 - fixtures
 from test_resume import ENV, newest_name, wait_for_writes
@@ -85,17 +85,9 @@ TRAIN = ["--deterministic", "--save-every-steps", 3, "--epochs", 2, "--batch-siz
 @pytest.fixture(scope="module")
 def data3(tmp_path_factory):
     """3 classes x 40 training / 8 test images of 8x8: 15 steps an epoch at batch 8."""
-    from PIL import Image
-
-    rng = np.random.default_rng(7)
     root = tmp_path_factory.mktemp("data3") / "three"
-    for split, n in (("train", 40), ("test", 8)):
-        for c, base in enumerate((40, 128, 210)):
-            (root / split / f"c{c}").mkdir(parents=True)
-            for i in range(n):
-                px = np.clip(base + rng.integers(-40, 40, (8, 8, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(px).save(root / split / f"c{c}" / f"{i}.png")
-    return root
+    classes = {"c0": 40, "c1": 128, "c2": 210}
+    return noise_folder(root, classes, {"train": 40, "test": 8}, 8, 40, seed=7)
 
 
 @pytest.fixture(scope="module")

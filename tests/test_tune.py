@@ -16,12 +16,10 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import optuna
 import pytest
 import torch
-from conftest import one_line_error
-from PIL import Image
+from conftest import noise_folder, one_line_error
 
 import cifar_resnet
 from cifar_resnet.cli import main
@@ -36,16 +34,9 @@ SPACE = ["--param", "lr=0.005..0.5:log", "--param", "label_smoothing=0..0.2"]
 def data(tmp_path_factory):
     """Two classes of noisy 8x8 images whose brightness overlaps: trials reach different
     validation accuracies."""
-    rng = np.random.default_rng(1)
     root = tmp_path_factory.mktemp("tune") / "data"
-    for split, n in (("train", 56), ("test", 8)):
-        for cls, base in (("a", 150), ("b", 110)):
-            folder = root / split / cls
-            folder.mkdir(parents=True)
-            for i in range(n):
-                pixels = np.clip(base + rng.integers(-60, 60, (8, 8, 3)), 0, 255)
-                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i}.png")
-    return root
+    counts = {"train": 56, "test": 8}
+    return noise_folder(root, {"a": 150, "b": 110}, counts, 8, 60, seed=1)
 
 
 @pytest.fixture(scope="module")

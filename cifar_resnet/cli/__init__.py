@@ -16,11 +16,13 @@ from .flags import Parser
 
 def tta_levels(argv: list[str]) -> list[str]:
     """``--tta`` with no level takes 1 explicitly, so that it never swallows the positional
-    argument after it (``predict --tta runs/seed img.jpg``)."""
+    argument after it (``predict --tta runs/seed img.jpg``); a number after it stays its level
+    (``--tta 3`` is argparse's "invalid choice")."""
     out: list[str] = []
     for i, arg in enumerate(map(str, argv)):
         out.append(arg)
-        if arg == "--tta" and (i + 1 == len(argv) or str(argv[i + 1]) not in ("0", "1", "2")):
+        level = str(argv[i + 1]).lstrip("-").isdigit() if i + 1 < len(argv) else False
+        if arg == "--tta" and not level:
             out.append("1")
     return out
 
