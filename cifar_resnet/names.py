@@ -17,6 +17,7 @@ MODEL_NAMES = (
     "fastnet",
     "fastnet-s",
 )
+_REGISTERED: set[str] = set()  # models.register_model's names (a user's own models too)
 WRN_MAX_DEPTH = 100  # WRN-100-K: 16 blocks a stage; deeper is not a CIFAR baseline
 WRN_MAX_WIDTH = 16  # WRN-28-16 already has ~93M parameters
 
@@ -49,9 +50,15 @@ def nearest(name: str, valid: tuple[str, ...] | list[str]) -> str:
     return f"; did you mean {folded[match[0]]!r}?" if match else ""
 
 
+def add_model_name(name: str) -> None:
+    """Known from now on: ``models.register_model`` calls it for every model it registers."""
+    _REGISTERED.add(name)
+
+
 def check_model(name: str) -> None:
-    """A UsageError naming the nearest and listing the valid models, for an unknown ``name``."""
-    if name in MODEL_NAMES:
+    """A UsageError naming the nearest and listing the valid models, for an unknown ``name``
+    (the built-in names, a valid ``wrn-D-K``, or any name registered in this process)."""
+    if name in MODEL_NAMES or name in _REGISTERED:
         return
     try:
         if parse_wrn(name) is not None:

@@ -102,6 +102,22 @@ def test_registry_refuses_duplicates():
         register_model("seed", "again")(lambda num_classes: None)
 
 
+def test_a_model_registered_in_process_passes_the_recipes_name_check(monkeypatch):
+    """The torch-free check in TrainConfig.validate knows what register_model adds (the API's
+    own models), and still refuses what nobody registered."""
+    from cifar_resnet import models, names
+    from cifar_resnet.config import TrainConfig
+
+    monkeypatch.setattr(models, "_REGISTRY", dict(models._REGISTRY))
+    monkeypatch.setattr(models, "_DESCRIPTIONS", dict(models._DESCRIPTIONS))
+    monkeypatch.setattr(names, "_REGISTERED", set(names._REGISTERED))
+    with pytest.raises(UsageError, match="unknown model 'mynet'"):
+        TrainConfig(model="mynet").validate()
+    register_model("mynet", "a user's net")(lambda num_classes: torch.nn.Linear(3, num_classes))
+    TrainConfig(model="mynet").validate()
+    assert isinstance(create_model("mynet", 4), torch.nn.Linear)
+
+
 def test_the_torch_free_name_table_is_the_registry():
     """names.MODEL_NAMES lets the command line refuse a model before importing torch: a model
     registered here must be added there too."""
