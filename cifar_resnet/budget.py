@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from .config import early_steps
 from .errors import UsageError
 
-MARGIN = 0.02  # the plan aims at 98% of the budget
+MARGIN = 0.01  # the plan aims at 99% of the budget
 REPLAN_TOLERANCE = 0.02  # re-plan when the plan is off by more than this share
 MATERIAL = 0.1  # a re-plan that moves the plan by more than this share is shown on a terminal
 WINDOWS = 3  # the speed estimate is the median of this many recent windows (the run's average

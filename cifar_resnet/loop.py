@@ -218,6 +218,7 @@ def _progress(run: Run, tty: bool) -> Progress | None:
         log_every=run.options.log_every,
         writer=run.writer,
         rows=run.state.log_rows,
+        announce=run.plan is None,
     )
     if tty:  # lines printed while a bar is drawn go above it
         log, run.log = run.log, lambda message: progress.write(message, log)
@@ -226,7 +227,8 @@ def _progress(run: Run, tty: bool) -> Progress | None:
 
 
 def _interrupted(run: Run, signum: int | None) -> None:
-    if run.main:  # the steps logged so far, an unfinished first epoch's too
+    if run.main:  # the epochs and steps logged so far (a first epoch's: metrics.csv's header)
+        run.folder.write_metrics(run.state.metrics)
         run.folder.write_steps(run.state.log_rows)
     raise Interrupted(
         f"stopped by signal {signum} at epoch {run.state.epoch + 1}, step {run.state.step}; "

@@ -43,7 +43,8 @@ class Progress:
     """Progress of one process's training: ``start_epoch``, ``step`` after every step,
     ``close`` at the end of an epoch.
     ``rows`` collects the logged figures; ``total_steps`` is the run's steps, or a function
-    giving the current plan's."""
+    giving the current plan's; ``announce``: say the run's expected length once its first
+    steps are timed (a time budget's run has said its plan instead)."""
 
     def __init__(
         self,
@@ -56,6 +57,7 @@ class Progress:
         log_every: int = 0,
         writer: Any = None,
         rows: list[dict[str, Any]] | None = None,
+        announce: bool = True,
     ):
         self._total = total_steps if callable(total_steps) else (lambda: total_steps)
         self.steps_per_epoch = steps_per_epoch
@@ -66,7 +68,7 @@ class Progress:
         self.bar: tqdm | None = None
         self.epoch = -1
         self.last_log = self.started
-        self.announced = False  # the run's expected length, said once
+        self.announced = not announce  # the run's expected length, said once
         self.first_done = self.started
 
     @property
@@ -188,6 +190,28 @@ class Progress:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+class Phases:
+    """A long wait of a few named parts (a report's plots, a time budget's probe): on a
+    terminal a bar naming the part under way, with the parts done and the time elapsed;
+    elsewhere nothing (the caller's line says what started). Call it with each part's name."""
+
+    def __init__(self, desc: str, tty: bool):
+        self.bar = None
+        if tty:
+            fmt = "{desc}: {n_fmt} done, {elapsed}{postfix}"  # tqdm puts ", " before a postfix
+            self.bar = tqdm(desc=desc, leave=False, unit="part", bar_format=fmt, file=sys.stdout)
+
+    def __call__(self, part: str) -> None:
+        if self.bar is not None:
+            if self.bar.postfix:
+                self.bar.update(1)
+            self.bar.set_postfix_str(part)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 # The epoch's steps and own elapsed time, then the run's figures, speed and ETA first; what is

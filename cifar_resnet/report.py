@@ -15,6 +15,7 @@ or TeX (a folder may be named ``$x^2$``). Every file is written through
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -157,14 +158,19 @@ def _summary_lines(run_dir: Path, rows: list[dict[str, float | None]]) -> list[s
     ]
 
 
-def _test_section(run_dir: Path, bundle: DataBundle, written: list[Path]) -> list[str]:
+def _test_section(
+    run_dir: Path, bundle: DataBundle, written: list[Path], part: Callable[[str], None]
+) -> list[str]:
     """Evaluate the newest checkpoint on the run's test images, draw its three plots (added
     to ``written``) and return the report's section about them."""
+    part(f"{run_dir.name}: evaluating the test images")
     t = split_predictions(run_dir, bundle)
     r, classes = t["result"], t["classes"]
     confusion, per_class = np.array(r["confusion"]), r["per_class_accuracy"]
+    part(f"{run_dir.name}: confusion matrix, per-class accuracy")
     written.append(plot_confusion(confusion, classes, run_dir / "confusion.png"))
     written.append(plot_per_class(per_class, classes, r["accuracy"], run_dir / "per_class.png"))
+    part(f"{run_dir.name}: the most confidently wrong images")
     wrong_png, shown = plot_wrong(
         t["images"], t["labels"], t["probs"], classes, run_dir / "wrong.png"
     )
@@ -208,25 +214,31 @@ def check_run(run_dir: str | os.PathLike) -> list[dict[str, float | None]]:
     return read_metrics(run_dir)
 
 
-def write_report(run_dir: str | os.PathLike, bundle: DataBundle | None = None) -> list[Path]:
+def write_report(
+    run_dir: str | os.PathLike,
+    bundle: DataBundle | None = None,
+    part: Callable[[str], None] = lambda name: None,
+) -> list[Path]:
     """Write the run's plots and ``report.md`` into ``run_dir``; returns the files written.
 
     Without ``bundle``, only the training curves; with the data the run was trained on
     (decoded at the run's image size), also the confusion matrix, per-class accuracy and the
     most confidently wrong test images. A multi-seed folder gets :func:`write_seeds_report`.
+    ``part(name)`` is called as each part starts (``progress.Phases`` draws it).
     Needs matplotlib (``pip install 'cifar-resnet[report]'``).
     """
     if is_multi_seed(run_dir):
-        return write_seeds_report(run_dir, bundle)
+        return write_seeds_report(run_dir, bundle, part)
     run_dir = Path(run_dir)
     rows = check_run(run_dir)
     remove_stale_temps(run_dir)  # left by a report that was killed while writing
     steps_per_epoch = read_json(run_dir / "run.json").get("steps_per_epoch")
     steps = read_csv(run_dir / "steps.csv")
+    part(f"{run_dir.name}: curves")
     written = [plot_curves(rows, run_dir / "curves.png", steps, steps_per_epoch)]
     lines = _summary_lines(run_dir, rows)
     if bundle is not None:
-        lines += _test_section(run_dir, bundle, written)
+        lines += _test_section(run_dir, bundle, written, part)
     else:
         lines += [
             "Run `cifar-resnet report RUN --data DATA` for the confusion matrix, "
@@ -238,7 +250,11 @@ def write_report(run_dir: str | os.PathLike, bundle: DataBundle | None = None) -
     return written
 
 
-def write_seeds_report(out_dir: str | os.PathLike, bundle: DataBundle | None = None) -> list[Path]:
+def write_seeds_report(
+    out_dir: str | os.PathLike,
+    bundle: DataBundle | None = None,
+    part: Callable[[str], None] = lambda name: None,
+) -> list[Path]:
     """A multi-seed folder's report: each seed's own (:func:`write_report`, into its folder),
     ``seeds.png`` (:func:`plot_seeds`) and ``report.md`` with the table of every seed's figures
     and their spread; seeds that have not finished an epoch are left out."""
@@ -248,8 +264,8 @@ def write_seeds_report(out_dir: str | os.PathLike, bundle: DataBundle | None = N
     runs, written = {}, []
     for seed in result["seeds"]:
         folder = seed_dir(out, seed)
-        if (folder / "metrics.csv").is_file():
-            written += write_report(folder, bundle)
+        if read_csv(folder / "metrics.csv"):  # an epoch finished (a first one stopped: none)
+            written += write_report(folder, bundle, part)
             runs[str(seed)] = read_metrics(folder)
     if not runs:
         raise UsageError(f"no seed in {out} has finished an epoch yet; report after the first")

@@ -326,7 +326,10 @@ def read_csv(path: str | os.PathLike) -> list[dict[str, float | None]]:
 def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, float | None]]:
     """RUN/metrics.csv; a folder without one is a UsageError."""
     path = Path(run_dir) / "metrics.csv"
-    if not path.is_file() and RunDir(run_dir).holds_run():
+    rows = read_csv(path) if path.is_file() else []
+    if rows:
+        return rows
+    if RunDir(run_dir).holds_run():  # stopped in its first epoch: metrics.csv's header, or none
         raise UsageError(
             f"{run_dir} has no finished epoch yet (it was stopped in its first); report after "
             f"an epoch: continue it with `cifar-resnet train --resume {run_dir}`"
@@ -335,7 +338,4 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, float | None]]:
         raise UsageError(
             f"no metrics.csv in {run_dir}; pass a run folder written by `cifar-resnet train --out`"
         )
-    rows = read_csv(path)
-    if not rows:
-        raise UsageError(f"{path} has no epochs yet; report after the first epoch")
-    return rows
+    raise UsageError(f"{path} has no epochs yet; report after the first epoch")

@@ -4,7 +4,6 @@ trainer, resumed state) -> plan (time budget) -> run files -> epochs (:mod:`.loo
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import os
@@ -17,19 +16,17 @@ import torch
 
 from . import checkpoint as ckpt_io
 from . import distributed
-from .budget import BudgetPlan, plan_steps
 from .config import TrainConfig, fold_shortcut
 from .data import DataBundle
 from .errors import CheckpointError, CifarResnetError, DistributedError, UsageError
 from .evaluate import check_classes
 from .loader import eval_loaders
-from .loop import evaluate_model, train_epochs, train_steps
+from .loop import train_epochs
 from .models import ModelSpec, check_model_name, min_input_size
-from .optim import Schedule
-from .run import Run, RunOptions, RunState, make_run_checkpoint
+from .probe import plan_budget
+from .run import Run, RunOptions, RunState
 from .rundir import RunDir
 from .runtime import resolve_device
-from .step import CudaGraph, Trainer
 from .trainer import build_trainer, start
 from .weights import init_weights
 
@@ -72,9 +69,10 @@ def fit(
         _take_folder(folder, dist_info, dev)
         ckpt = _resume_checkpoint(options.resume, folder, options.overwrite, dist_info.is_main, dev)
         run = _set_up(config, bundle, folder, preset, ckpt, dist_info, dev, options)
-        _plan(run)
+        tty = _is_terminal() if options.progress is None else options.progress
+        plan_budget(run, tty)
         _write_run_files(run, bundle.source)
-        _train(run, _is_terminal() if options.progress is None else options.progress)
+        _train(run, tty)
         summary = _finish(run)
         # The run (its DDP model holds the process group) is released, and every rank has
         # finished, before the group is destroyed: a gloo group torn down while a peer's
@@ -257,88 +255,6 @@ def _run_state(saved: dict[str, Any]) -> RunState:
         return RunState(**saved)
     except TypeError:
         raise CheckpointError("the checkpoint's run state has unknown fields") from None
-
-
-def _plan(run: Run) -> None:
-    """With a time budget (and no plan kept from before a resume): time the run's own step on
-    a throwaway copy of the trainer, plan the steps, lay the schedule over them."""
-    config = run.config
-    if not config.time_budget or run.state.planned_steps:
-        return
-    run.log(
-        f"time budget {config.time_budget:g}s: timing the run's steps and evaluation on a copy "
-        "of the model (a few seconds) ..."
-    )
-    t0 = time.perf_counter()
-    if run.main:
-        probe_path = run.folder.path / ".budget-probe.pt"
-        run.folder.record(probe_path)
-        ckpt_io.save_checkpoint(make_run_checkpoint(run), probe_path)
-        probe_path.unlink()
-    save_s = distributed.all_sum([time.perf_counter() - t0], run.runtime.device)[0]
-    step_s, early_s, eval_s = _probe(run)
-    step_s, early_s, eval_s = distributed.all_mean([step_s, early_s, eval_s], run.runtime.device)
-    elapsed = time.perf_counter() - run.started
-    costs = BudgetPlan(0, step_s, eval_s, save_s, early_s, config.early_fraction)
-    run.plan = plan_steps(
-        config.time_budget, elapsed, costs, run.steps_per_epoch, config.eval_every
-    )
-    run.state.planned_steps = run.plan.steps
-    run.plan_mark = (time.perf_counter(), run.state.step)
-    run.trainer.schedule = run.trainer.schedule.laid_over(run.plan.steps)
-    side = run.trainer.early_size
-    early = f", {early_s * 1e3:.1f} ms at {side}x{side} (early steps)" if early_s else ""
-    run.log(
-        f"time budget {config.time_budget:g}s: {run.plan.steps} steps planned "
-        f"({run.plan.steps / run.steps_per_epoch:.1f} epochs; {step_s * 1e3:.1f} ms/step{early}, "
-        f"evaluation {eval_s:.1f}s, {elapsed:.1f}s spent before)"
-    )
-
-
-def _probe(run: Run) -> tuple[float, float, float]:
-    """Seconds per training step (at full size, and at the early size: 0 without one) and per
-    evaluation, measured on a copy of the trainer built exactly as the run's (compile, CUDA
-    graph, EMA, lookahead included) at a tiny lr: the graph's warm-up and capture untimed,
-    then up to 20 steps or 1% of the budget each."""
-    config = dataclasses.replace(run.config, lr=run.config.lr * 1e-3)
-    with torch.random.fork_rng(devices=[]):  # the run's own random stream is untouched
-        meta = run.meta
-        classes, pad = len(meta["classes"]), meta.get("option_a_pad")
-        spec = ModelSpec(meta["model_name"], classes, pad, config.dropout)
-        probe = build_trainer(config, run.splits, run.runtime, spec)
-    probe.schedule = Schedule(config, run.steps_per_epoch, 1 << 30)
-    probe.early_fraction = 0.0
-    step_s = _time_steps(probe, config.time_budget)
-    early_s = 0.0
-    if probe.early_size:
-        probe.early_fraction = 1.0
-        early_s = _time_steps(probe, config.time_budget)
-    eval_s = 0.0
-    for loader in (run.test_loader, run.val_loader):
-        if loader is None:
-            continue
-        part = copy.copy(loader)  # timed on up to 2,000 images, scaled to the whole split
-        part.images, part.labels = loader.images[:2000], loader.labels[:2000]
-        t0 = time.perf_counter()
-        evaluate_model(run, probe.model, part)
-        eval_s += (time.perf_counter() - t0) * len(loader.labels) / len(part.labels)
-    return step_s, early_s, eval_s
-
-
-def _time_steps(probe: Trainer, budget: float) -> float:
-    """Seconds per step of ``probe``, after its warm-up steps."""
-    cuda = probe.loader.device.type == "cuda"
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    warm, t0 = (CudaGraph.WARMUP + 1 if cuda else 1), 0.0
-    for done in train_steps(probe):
-        if done == warm:
-            sync()
-            t0 = time.perf_counter()
-        elif done > warm:
-            if done - warm >= 20 or time.perf_counter() - t0 > 0.01 * budget:
-                break
-    sync()
-    return (time.perf_counter() - t0) / max(done - warm, 1)
 
 
 def _write_run_files(run: Run, source: str) -> None:

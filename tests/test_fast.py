@@ -249,17 +249,17 @@ def test_a_wrong_plan_is_corrected_by_the_runs_own_speed(
     """A probe that saw a 10x slower machine plans a tenth of the steps; the run re-plans from
     its measured speed, ends on the new plan and completes the decay (10x: a margin that a
     loaded machine's own slowdown does not close)."""
-    from cifar_resnet import train
+    from cifar_resnet import probe, train
     from cifar_resnet.data import load_data
 
-    real = train.plan_steps
+    real = probe.plan_steps
 
     def slow_probe(*args, **kwargs):
         plan = real(*args, **kwargs)
         plan.steps = max(plan.steps // 10, 1)
         return plan
 
-    monkeypatch.setattr(train, "plan_steps", slow_probe)
+    monkeypatch.setattr(probe, "plan_steps", slow_probe)
     config = TrainConfig(time_budget=12.0, batch_size=8, schedule="onecycle", epochs=1000)
     logs = []
     summary = train.fit(

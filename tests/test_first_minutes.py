@@ -142,6 +142,8 @@ def test_a_stopped_first_epoch_leaves_its_steps_and_the_expected_length_is_said(
     assert any("steps left" in line and "ms/step" in line for line in lines)
     steps = (out / "steps.csv").read_text().splitlines()
     assert steps[0].startswith("step,epoch,lr") and len(steps) >= 5
+    metrics = (out / "metrics.csv").read_text().splitlines()
+    assert metrics[0].startswith("epoch,") and len(metrics) == 1  # no epoch finished yet
     # report on it: the hint is a command that works as printed
     line = one_line_error(cli("report", out), 2)
     assert f"`cifar-resnet train --resume {out}`" in line

@@ -220,3 +220,45 @@ def test_speed_counts_only_the_images_since_the_epoch_went_on(monkeypatch):
     progress.start_epoch(0, 5, images=400)
     progress.step(6, 6, 0.05, lambda: (1.0, 50.0, 480))
     assert progress.rows[0]["images_per_s"] == 40.0
+
+
+def test_the_budget_probe_and_the_report_show_a_bar_naming_their_part(
+    monkeypatch, tiny_folder, tmp_path, subset_run
+):
+    """Long waits outside the epochs are not silent on a terminal: the time budget's probe and
+    the report draw a bar naming the part under way (and nothing when not a terminal)."""
+    import tqdm as tqdm_module
+    from conftest import load_subset
+
+    from cifar_resnet.config import TrainConfig
+    from cifar_resnet.data import load_data
+    from cifar_resnet.progress import Phases
+    from cifar_resnet.report import write_report
+    from cifar_resnet.train import fit
+
+    screen = Terminal()
+    real = tqdm_module.tqdm.__init__
+
+    def onto_the_terminal(self, *args, **kwargs):
+        real(self, *args, **{**kwargs, "file": screen, "mininterval": 0})
+
+    monkeypatch.setattr(tqdm_module.tqdm, "__init__", onto_the_terminal)
+    config = TrainConfig(time_budget=4.0, batch_size=8, epochs=1000, precision="fp32")
+    bundle = load_data(str(tiny_folder), progress=False)
+    fit(config, bundle, tmp_path / "run", device="cpu", progress=True, log=lambda m: None)
+
+    def parts(name):  # the part each drawn line names ("NAME: 1 done, 00:03, PART")
+        drawn = [re.match(rf"{name}: \d+ done, [\d:]+, (.*)", line) for line in screen.lines()]
+        return [m[1].strip() for m in drawn if m]
+
+    probe = parts("timing")
+    assert {"a checkpoint save", "training steps", "an evaluation"} <= set(probe), screen.lines()
+    screen.seek(0), screen.truncate()
+    run, data, cache = subset_run
+    bar = Phases("report", True)
+    write_report(run, load_subset(data, cache), bar)
+    bar.close()
+    report = parts("report")
+    assert "run: evaluating the test images" in report, screen.lines()
+    assert report[-1] == "run: the most confidently wrong images"
+    assert Phases("report", False).bar is None  # a log: the caller's line alone

@@ -298,7 +298,7 @@ def test_a_time_budget_holds_when_the_machine_slows_down_mid_epoch(tiny_folder, 
     dominate the step time, so the machine's own speed hardly matters)."""
     import time
 
-    from cifar_resnet import loop, train
+    from cifar_resnet import loop, probe
     from cifar_resnet.config import TrainConfig
     from cifar_resnet.data import load_data
     from cifar_resnet.optim import Schedule
@@ -312,14 +312,14 @@ def test_a_time_budget_holds_when_the_machine_slows_down_mid_epoch(tiny_folder, 
         time.sleep(0.1 if time.perf_counter() - started < 0.4 * budget else 0.2)
 
     monkeypatch.setattr(loop, "train_step", slow_step)
-    real_probe = train._probe
+    real_probe = probe._probe
 
-    def probe_at_full_speed(run):  # the probe shares the loop: it times the real step
+    def probe_at_full_speed(run, part):  # the probe shares the loop: it times the real step
         with monkeypatch.context() as m:
             m.setattr(loop, "train_step", real)
-            return real_probe(run)
+            return real_probe(run, part)
 
-    monkeypatch.setattr(train, "_probe", probe_at_full_speed)
+    monkeypatch.setattr(probe, "_probe", probe_at_full_speed)
     bundle = load_data(str(tiny_folder))
     config = TrainConfig(time_budget=budget, batch_size=1, schedule="onecycle", epochs=1000)
     logs = []

@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     # Imported here: the parser is built before torch is imported, and these import torch.
     from ..checkpoint import resolve_checkpoint
+    from ..progress import Phases
     from ..report import check_run, write_report
 
     run_dir = _data_run(args.run_dir)
@@ -49,7 +50,12 @@ def run(args: argparse.Namespace) -> int:
     bundle = load_run_bundle(args, ckpt, required=False)  # at the image size it trained on
     what = "the test images evaluated for them" if bundle is not None else "curves only"
     print(f"report: plots of {args.run_dir}, {what} ...", file=sys.stderr, flush=True)
-    for path in write_report(args.run_dir, bundle):
+    bar = Phases("report", sys.stdout.isatty())
+    try:
+        paths = write_report(args.run_dir, bundle, bar)
+    finally:
+        bar.close()
+    for path in paths:
         print(f"wrote {path}")
     return 0
 
@@ -57,9 +63,10 @@ def run(args: argparse.Namespace) -> int:
 def _data_run(run_dir: str):
     """The run whose checkpoint names the data: ``run_dir``, or for a multi-seed folder its
     first seed that has trained an epoch."""
+    from ..rundir import read_csv
     from ..seeds import is_multi_seed, read_plan, seed_dir
 
     if not is_multi_seed(run_dir):
         return run_dir
     folders = [seed_dir(run_dir, s) for s in read_plan(run_dir)["seeds"]]
-    return next((f for f in folders if (f / "metrics.csv").is_file()), folders[0])
+    return next((f for f in folders if read_csv(f / "metrics.csv")), folders[0])

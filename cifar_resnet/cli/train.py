@@ -387,12 +387,17 @@ def _report(out: str, bundle, quiet: bool) -> None:
         if not quiet:
             print("(no plots: pip install 'cifar-resnet[report]' for report.md and PNG plots)")
         return
+    from ..progress import Phases
     from ..report import write_report
 
     t0 = time.perf_counter()  # after the run: outside --time-budget (--no-report skips it)
     if not quiet:
         print(f"report: plots of {out}, the test images evaluated for them ...", flush=True)
-    paths = write_report(out, bundle)  # the data already loaded for training
+    bar = Phases("report", not quiet and sys.stdout.isatty())
+    try:
+        paths = write_report(out, bundle, bar)  # the data already loaded for training
+    finally:
+        bar.close()
     if not quiet:
         took = time.perf_counter() - t0
         print(f"report: {Path(out) / 'report.md'} ({len(paths)} files, {took:.1f}s)")
