@@ -57,7 +57,7 @@ CIFAR10_POLICY = (
     (("Brightness", 0.1, 3), ("Color", 0.7, 0)),
     (("Solarize", 0.4, 5), ("AutoContrast", 0.9, 0)),
     (("TranslateY", 0.9, 9), ("TranslateY", 0.7, 9)),
-    (("AutoContrast", 0.9, 0), ("Solarize", 0.2, 3)),
+    (("AutoContrast", 0.9, 0), ("Solarize", 0.8, 3)),
     (("Equalize", 0.8, 0), ("Invert", 0.1, 0)),
     (("TranslateY", 0.7, 9), ("AutoContrast", 0.9, 0)),
 )

@@ -90,6 +90,28 @@ def test_geometric_ops_match_pil(images, name):
         close(ours[i], theirs)
 
 
+# Cubuk et al. 2019, the CIFAR-10 policy (their appendix table), as the AutoAugment authors'
+# released code and torchvision's AutoAugmentPolicy.CIFAR10 list it: (op, probability, level;
+# 0 where the op takes none), written out here apart from the package's table.
+PAPER_CIFAR10 = """
+Invert .1 0 Contrast .2 6; Rotate .7 2 TranslateX .3 9; Sharpness .8 1 Sharpness .9 3;
+ShearY .5 8 TranslateY .7 9; AutoContrast .5 0 Equalize .9 0; ShearY .2 7 Posterize .3 7;
+Color .4 3 Brightness .6 7; Sharpness .3 9 Brightness .7 9; Equalize .6 0 Equalize .5 0;
+Contrast .6 7 Sharpness .6 5; Color .7 7 TranslateX .5 8; Equalize .3 0 AutoContrast .4 0;
+TranslateY .4 3 Sharpness .2 6; Brightness .9 6 Color .2 8; Solarize .5 2 Invert 0 0;
+Equalize .2 0 AutoContrast .6 0; Equalize .2 0 Equalize .6 0; Color .9 9 Equalize .6 0;
+AutoContrast .8 0 Solarize .2 8; Brightness .1 3 Color .7 0; Solarize .4 5 AutoContrast .9 0;
+TranslateY .9 9 TranslateY .7 9; AutoContrast .9 0 Solarize .8 3; Equalize .8 0 Invert .1 0;
+TranslateY .7 9 AutoContrast .9 0
+"""
+
+
+def test_the_autoaugment_table_is_the_papers():
+    subs = [s.split() for s in PAPER_CIFAR10.split(";")]
+    paper = [tuple((w[i], float(w[i + 1]), int(w[i + 2])) for i in (0, 3)) for w in subs]
+    assert list(augment.CIFAR10_POLICY) == paper  # sub-policy 23's Solarize had 0.2, not 0.8
+
+
 def test_policy_plans_are_per_image_and_deterministic():
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     a = augment.draw_plan("cifar10", None, False, 500, g1)
