@@ -9,6 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+# Under pytest-xdist every worker process has one core's share: torch's intra-op threads (and
+# those of every command a test starts, which inherits this) are one, so that workers do not
+# spin against each other. The digest guard (test_digests.py) records this kind (threads: 1).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+
 SHARED = Path(os.environ.get("CIFAR_RESNET_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 CIFAR_JPEG = SHARED / "data" / "cifar10-jpeg"
 
@@ -71,10 +77,30 @@ def train_small(data, out, *flags) -> dict:
 
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory):
-    """One decode cache for the whole session, so the real data is decoded once."""
-    path = tmp_path_factory.mktemp("decoded")
+    """One decode cache for the whole session, shared by its pytest-xdist workers (their
+    temporary folders sit side by side), so the real data is decoded once."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    path = root / "decoded"
+    path.mkdir(exist_ok=True)
     os.environ["CIFAR_RESNET_CACHE"] = str(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def cifar_jpeg(cache_dir):
+    """The shared CIFAR-10 copy (skipped without it), decoded into the session's cache by the
+    first worker that asks; another waits on the lock and reads the cache."""
+    if not CIFAR_JPEG.is_dir():
+        pytest.skip(f"needs {CIFAR_JPEG}")
+    from filelock import FileLock
+
+    from cifar_resnet.data import load_data
+
+    with FileLock(cache_dir / "cifar10-jpeg.lock"):
+        load_data(str(CIFAR_JPEG), cache_dir=str(cache_dir), progress=False)
+    return CIFAR_JPEG
 
 
 def noise_folder(

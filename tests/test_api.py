@@ -10,7 +10,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 @pytest.mark.skipif(not CIFAR_JPEG.is_dir(), reason="needs ../shared/data/cifar10-jpeg")
-def test_readme_api_example_runs(tmp_path, cache_dir, capsys):
+def test_readme_api_example_runs(tmp_path, cifar_jpeg, capsys):
     text = README.read_text()
     block = re.search(r"## Python API\n\n```python\n(.*?)```", text, re.S).group(1)
     code = block.replace("../shared", str(SHARED)).replace(

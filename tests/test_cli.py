@@ -98,7 +98,7 @@ def test_models_and_presets_commands():
 
 
 @pytest.mark.skipif(not CIFAR_JPEG.is_dir(), reason="needs ../shared/data/cifar10-jpeg")
-def test_real_cifar10_subset_train_evaluate_resume(tmp_path, cache_dir):
+def test_real_cifar10_subset_train_evaluate_resume(tmp_path, cifar_jpeg):
     """5,000 training / 1,000 test images of the real data, the seed net, 4 epochs."""
     out = tmp_path / "run"
     common = ["--data", CIFAR_JPEG, "--limit-train", 5000, "--limit-test", 1000]
@@ -122,10 +122,10 @@ def test_real_cifar10_subset_train_evaluate_resume(tmp_path, cache_dir):
 
 def test_time_budget_plans_steps_and_completes_the_schedule(tiny_folder, tmp_path, cache_dir):
     out = tmp_path / "run"
-    r = run_cli("train", "--data", tiny_folder, "--out", out, "--time-budget", "20s",
+    r = run_cli("train", "--data", tiny_folder, "--out", out, "--time-budget", "12s",
                 "--schedule", "onecycle", "--batch-size", 16, "--device", "cpu")  # fmt: skip
     assert r.returncode == 0, r.stderr
-    assert "time budget 20s:" in r.stdout and "steps planned" in r.stdout
+    assert "time budget 12s:" in r.stdout and "steps planned" in r.stdout
     summary = json.loads((out / "summary.json").read_text())
     assert summary["planned_steps"] == summary["steps"] > 0
     # config.toml keeps the recipe; the schedule is laid over the steps that ran: the last
@@ -134,7 +134,7 @@ def test_time_budget_plans_steps_and_completes_the_schedule(tiny_folder, tmp_pat
     from cifar_resnet.optim import Schedule
 
     _, saved = resolve_config(None, load_toml(str(out / "config.toml")))
-    assert saved.steps == 0 and saved.time_budget == 20
+    assert saved.steps == 0 and saved.time_budget == 12
     steps, last = summary["steps"], read_metrics(out)[-1]
     assert float(last["lr"]) == pytest.approx(Schedule.of(saved, 3, steps).lr(steps - 1))
     assert float(last["lr"]) < 0.5 * saved.lr

@@ -42,10 +42,9 @@ def pack_official(bundle, path):
 
 
 @pytest.fixture
-def served(tmp_path):
-    """The full-size archive on http://127.0.0.1:PORT/, and its md5."""
-    if not CIFAR_JPEG.is_dir():
-        pytest.skip(f"{CIFAR_JPEG} is absent: the full-size archive is packed from it")
+def served(tmp_path, cifar_jpeg):
+    """The full-size archive on http://127.0.0.1:PORT/, and its md5 (packed from the copy:
+    skipped without it)."""
     from cifar_resnet.data import load_data
 
     bundle = load_data(str(CIFAR_JPEG))  # decoded through the package's cache

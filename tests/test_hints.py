@@ -11,7 +11,7 @@ import sys
 import time
 
 import pytest
-from conftest import noise_folder, one_line_error, run_cli
+from conftest import cli_result, noise_folder, one_line_error, run_cli
 
 from cifar_resnet.errors import EXIT_CHECKPOINT, EXIT_USAGE
 
@@ -68,30 +68,33 @@ def test_a_run_killed_before_its_first_checkpoint_starts_again(slow_folder, tmp_
     assert json.loads((out / "summary.json").read_text())["steps"] == 300
 
 
-def test_every_hint_is_a_command_that_works(tiny_folder, tmp_path, cache_dir):
+def test_every_hint_is_a_command_that_works(tiny_folder, tmp_path, cache_dir, capsys):
+    """(In this process: the commands' output, not the process, is the subject.)"""
     runs = tmp_path / "runs"
     seed = runs / "seed"
-    r = cli("train", "--data", tiny_folder, "--out", seed, "--epochs", 1, "--batch-size", 16,
-            "--device", "cpu", "--no-report", "--quiet")  # fmt: skip
+    r = cli_result(capsys, "train", "--data", tiny_folder, "--out", seed, "--epochs", 1,
+                   "--batch-size", 16, "--device", "cpu", "--no-report", "--quiet")  # fmt: skip
     assert r.returncode == 0, r.stderr
     # The parent folder of runs: the hint names a run in it, and that command works.
-    line = one_line_error(cli("train", "--resume", runs), EXIT_USAGE)
+    line = one_line_error(cli_result(capsys, "train", "--resume", runs), EXIT_USAGE)
     assert f"`cifar-resnet train --resume {seed}`" in line
     # A checkpoint file: the hint names its run folder.
     ckpt = next((seed / "checkpoints").glob("*.pt"))
-    line = one_line_error(cli("train", "--resume", ckpt), EXIT_USAGE)
+    line = one_line_error(cli_result(capsys, "train", "--resume", ckpt), EXIT_USAGE)
     assert f"`cifar-resnet train --resume {seed}`" in line
     # A new run into it: the hint's command continues it.
-    line = one_line_error(cli("train", "--data", tiny_folder, "--out", seed), EXIT_USAGE)
+    line = one_line_error(
+        cli_result(capsys, "train", "--data", tiny_folder, "--out", seed), EXIT_USAGE
+    )
     hint = line.split("`")[1]
     assert hint == f"cifar-resnet train --resume {seed}"
-    r = cli(*hint.split()[1:], "--epochs", 2, "--quiet", "--no-report")
+    r = cli_result(capsys, *hint.split()[1:], "--epochs", 2, "--quiet", "--no-report")
     assert r.returncode == 0 and json.loads(r.stdout.splitlines()[-1])["epochs"] == 2, r.stderr
     # A run with no finished epoch: report's hint names the folder, and it is a command.
     stopped = runs / "stopped"
     (stopped / "checkpoints").mkdir(parents=True)
     (stopped / "config.toml").write_text((seed / "config.toml").read_text())
-    line = one_line_error(cli("report", stopped), EXIT_USAGE)
+    line = one_line_error(cli_result(capsys, "report", stopped), EXIT_USAGE)
     assert f"`cifar-resnet train --resume {stopped}`" in line
 
 

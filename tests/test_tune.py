@@ -95,7 +95,9 @@ def test_six_trials_two_jobs_sqlite_best_recipe_retrains(data, env, tmp_path, ca
     # best.toml is the whole recipe: train --config re-trains the best trial bitwise, on the
     # same share of the cores (threads) as its trial had.
     threads, again = torch.get_num_threads(), tmp_path / "again"
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // 2))
+    share = max(1, len(os.sched_getaffinity(0)) // 2)
+    given = os.environ.get("OMP_NUM_THREADS", "")  # a lower limit holds for trials too
+    torch.set_num_threads(min(share, int(given)) if given.isdigit() and int(given) else share)
     try:
         assert cli(capsys, "train", "--data", data, "--out", again, "--config", out / "best.toml",
                    "--device", "cpu", "--no-report").returncode == 0  # fmt: skip

@@ -46,7 +46,7 @@ def test_old_checkpoints_keep_their_padding():
 @needs_weights
 @pytest.mark.parametrize("depth,images", [(20, 10000), (32, 2000), (44, 2000), (56, 2000)],
                          ids=["20", "32", "44", "56"])  # fmt: skip
-def test_published_weights_score_as_published_on_this_copy(depth, images, cache_dir, capsys):
+def test_published_weights_score_as_published_on_this_copy(depth, images, cifar_jpeg, capsys):
     r = cli_result(capsys, "evaluate", "--weights", published(depth), "--model", f"resnet{depth}",
             "--data", CIFAR_JPEG, "--normalize", "imagenet", "--json",
             "--limit-test", images if images < 10000 else 0)  # fmt: skip
@@ -58,7 +58,7 @@ def test_published_weights_score_as_published_on_this_copy(depth, images, cache_
 
 
 @needs_weights
-def test_fine_tuning_starts_from_the_published_weights(tmp_path, cache_dir, capsys):
+def test_fine_tuning_starts_from_the_published_weights(tmp_path, cifar_jpeg, capsys):
     r = cli_result(capsys, "train", "--data", CIFAR_JPEG, "--out", tmp_path / "ft",
             "--preset", "paper", "--steps", 4, "--lr", 0.001, "--lr-milestones", 1000,
             "--normalize", "imagenet", "--init-from", published(20), "--limit-train", 512,
