@@ -129,10 +129,11 @@ def test_tta_levels():
 def test_fast_preset_has_cpu_values_that_flags_still_override():
     gpu, cpu = preset_config("fast", "cuda"), preset_config("fast", "cpu")
     assert (gpu.model, gpu.batch_size, gpu.tta) == ("fastnet", 1024, 2)
-    assert (cpu.model, cpu.batch_size, cpu.tta) == ("fastnet-s", 128, 1)
-    assert cpu.label_smoothing == gpu.label_smoothing == 0.2
+    assert (cpu.model, cpu.batch_size, cpu.tta) == ("fastnet-s", 256, 1)
+    assert (cpu.lr, cpu.weight_decay, cpu.label_smoothing) == (0.65, 1.43e-3, 0.07)
+    assert gpu.label_smoothing == 0.2 and gpu.lr == 1.5  # the GPU recipe keeps airbench's
     _, c = resolve_config("fast", {"epochs": 7}, {"model": "fastnet"}, device_type="cpu")
-    assert (c.model, c.epochs, c.batch_size) == ("fastnet", 7, 128)
+    assert (c.model, c.epochs, c.batch_size) == ("fastnet", 7, 256)
     assert preset_config("seed", "cpu") == preset_config("seed")
 
 
