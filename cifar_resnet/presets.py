@@ -50,8 +50,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "_about": "time to accuracy, after airbench (Jordan 2024): whitened residual net, "
         "batch 1024, Nesterov SGD, label smoothing 0.2, warm-up then linear decay, "
         "lookahead, alternating flips, reflect-pad translations, flip+translate TTA; "
-        "on a CPU the smaller fastnet-s at batch 128. Tuned on a validation split "
-        "(bench/tune_fast.py)",
+        "on a CPU the smaller fastnet-s at batch 256, its values tuned on a validation split "
+        "(cifar-resnet tune: BENCHMARKS.md)",
         "model": "fastnet",
         "epochs": 14,
         "batch_size": 1024,
