@@ -33,11 +33,8 @@ def plan_budget(run: Run, tty: bool) -> None:
         f"time budget {config.time_budget:g}s: timing the run's steps and evaluation on a copy "
         "of the model (a few seconds) ..."
     )
-    bar = Phases("timing", tty and run.main and not run.options.quiet)
-    try:
+    with Phases("timing", tty and run.main and not run.options.quiet) as bar:
         save_s, (step_s, early_s, eval_s) = _timed_costs(run, bar)
-    finally:
-        bar.close()
     step_s, early_s, eval_s = distributed.all_mean([step_s, early_s, eval_s], run.runtime.device)
     elapsed = time.perf_counter() - run.started
     costs = BudgetPlan(0, step_s, eval_s, save_s, early_s, config.early_fraction)
@@ -95,18 +92,20 @@ def _probe(run: Run, part: Phases) -> tuple[float, float, float]:
     for loader in (run.test_loader, run.val_loader):
         if loader is None:
             continue
-        piece = copy.copy(loader)  # timed on up to 2,000 images, scaled to the whole split,
-        piece.images, piece.labels = loader.images[:2000], loader.labels[:2000]
-        warm = copy.copy(piece)  # after one untimed batch (the kernels' first-call set-up)
-        warm.images, warm.labels = (
-            piece.images[: loader.batch_size],
-            piece.labels[: loader.batch_size],
-        )
-        evaluate_model(run, probe.model, warm)
+        piece = _head(loader, 2000)  # timed on up to 2,000 images, scaled to the whole split
+        evaluate_model(run, probe.model, _head(loader, loader.batch_size))  # one batch untimed:
+        # the kernels' first-call set-up is not the evaluation's speed
         t0 = time.perf_counter()
         evaluate_model(run, probe.model, piece)
         eval_s += (time.perf_counter() - t0) * len(loader.labels) / len(piece.labels)
     return step_s, early_s, eval_s
+
+
+def _head(loader, n: int):
+    """``loader`` over its first ``n`` images."""
+    part = copy.copy(loader)
+    part.images, part.labels = loader.images[:n], loader.labels[:n]
+    return part
 
 
 def _time_steps(probe: Trainer, budget: float) -> float:

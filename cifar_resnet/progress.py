@@ -213,6 +213,12 @@ class Phases:
         if self.bar is not None:
             self.bar.close()
 
+    def __enter__(self) -> Phases:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 # The epoch's steps and own elapsed time, then the run's figures, speed and ETA first; what is
 # left of the terminal's width is the bar (at 80 columns, at least 2 with 5-digit figures).

@@ -264,9 +264,10 @@ def write_seeds_report(
     runs, written = {}, []
     for seed in result["seeds"]:
         folder = seed_dir(out, seed)
-        if read_csv(folder / "metrics.csv"):  # an epoch finished (a first one stopped: none)
+        rows = read_csv(folder / "metrics.csv")  # none: no epoch finished (or none started)
+        if rows:
             written += write_report(folder, bundle, part)
-            runs[str(seed)] = read_metrics(folder)
+            runs[str(seed)] = rows
     if not runs:
         raise UsageError(f"no seed in {out} has finished an epoch yet; report after the first")
     written.append(plot_seeds(runs, out / "seeds.png"))

@@ -326,7 +326,7 @@ def read_csv(path: str | os.PathLike) -> list[dict[str, float | None]]:
 def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, float | None]]:
     """RUN/metrics.csv; a folder without one is a UsageError."""
     path = Path(run_dir) / "metrics.csv"
-    rows = read_csv(path) if path.is_file() else []
+    rows = read_csv(path)  # [] without the file
     if rows:
         return rows
     if RunDir(run_dir).holds_run():  # stopped in its first epoch: metrics.csv's header, or none

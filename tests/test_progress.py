@@ -64,19 +64,25 @@ class Terminal(io.StringIO):
         return [part for part in re.split(r"[\r\n]", self.getvalue()) if part.strip()]
 
 
+def onto_a_terminal(monkeypatch) -> Terminal:
+    """Every tqdm bar made from here on draws onto the returned 80-column Terminal, at every
+    update (mininterval 0)."""
+    import tqdm as tqdm_module
+
+    screen, real = Terminal(), tqdm_module.tqdm.__init__
+
+    def draw_there(self, *args, **kwargs):
+        real(self, *args, **{**kwargs, "file": screen, "ncols": 80, "mininterval": 0})
+
+    monkeypatch.setattr(tqdm_module.tqdm, "__init__", draw_there)
+    return screen
+
+
 def test_the_bar_refreshes_every_step_fits_80_columns_and_follows_a_replan(monkeypatch):
     """Every step redraws (tqdm's mininterval 0 here), every drawn line fits 80 columns with
     images/s and the ETA whole, and a re-plan mid-epoch changes the bar's total without a new
     bar (its elapsed time goes on; the loop is not paused)."""
-    import tqdm as tqdm_module
-
-    screen = Terminal()
-    real = tqdm_module.tqdm.__init__
-
-    def onto_the_terminal(self, *args, **kwargs):
-        real(self, *args, **{**kwargs, "file": screen, "ncols": 80, "mininterval": 0})
-
-    monkeypatch.setattr(tqdm_module.tqdm, "__init__", onto_the_terminal)
+    screen = onto_a_terminal(monkeypatch)
     plan = {"total": 391 * 5}
     progress = Progress(total_steps=lambda: plan["total"], steps_per_epoch=391, first_step=0,
                         tty=True, log=None)  # fmt: skip
@@ -227,7 +233,6 @@ def test_the_budget_probe_and_the_report_show_a_bar_naming_their_part(
 ):
     """Long waits outside the epochs are not silent on a terminal: the time budget's probe and
     the report draw a bar naming the part under way (and nothing when not a terminal)."""
-    import tqdm as tqdm_module
     from conftest import load_subset
 
     from cifar_resnet.config import TrainConfig
@@ -236,13 +241,7 @@ def test_the_budget_probe_and_the_report_show_a_bar_naming_their_part(
     from cifar_resnet.report import write_report
     from cifar_resnet.train import fit
 
-    screen = Terminal()
-    real = tqdm_module.tqdm.__init__
-
-    def onto_the_terminal(self, *args, **kwargs):
-        real(self, *args, **{**kwargs, "file": screen, "mininterval": 0})
-
-    monkeypatch.setattr(tqdm_module.tqdm, "__init__", onto_the_terminal)
+    screen = onto_a_terminal(monkeypatch)
     config = TrainConfig(time_budget=4.0, batch_size=8, epochs=1000, precision="fp32")
     bundle = load_data(str(tiny_folder), progress=False)
     fit(config, bundle, tmp_path / "run", device="cpu", progress=True, log=lambda m: None)

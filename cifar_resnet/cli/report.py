@@ -50,11 +50,8 @@ def run(args: argparse.Namespace) -> int:
     bundle = load_run_bundle(args, ckpt, required=False)  # at the image size it trained on
     what = "the test images evaluated for them" if bundle is not None else "curves only"
     print(f"report: plots of {args.run_dir}, {what} ...", file=sys.stderr, flush=True)
-    bar = Phases("report", sys.stdout.isatty())
-    try:
+    with Phases("report", sys.stdout.isatty()) as bar:
         paths = write_report(args.run_dir, bundle, bar)
-    finally:
-        bar.close()
     for path in paths:
         print(f"wrote {path}")
     return 0

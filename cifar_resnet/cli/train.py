@@ -393,11 +393,8 @@ def _report(out: str, bundle, quiet: bool) -> None:
     t0 = time.perf_counter()  # after the run: outside --time-budget (--no-report skips it)
     if not quiet:
         print(f"report: plots of {out}, the test images evaluated for them ...", flush=True)
-    bar = Phases("report", not quiet and sys.stdout.isatty())
-    try:
+    with Phases("report", not quiet and sys.stdout.isatty()) as bar:
         paths = write_report(out, bundle, bar)  # the data already loaded for training
-    finally:
-        bar.close()
     if not quiet:
         took = time.perf_counter() - t0
         print(f"report: {Path(out) / 'report.md'} ({len(paths)} files, {took:.1f}s)")
