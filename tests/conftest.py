@@ -1,3 +1,4 @@
+import fcntl
 import json
 import os
 import shutil
@@ -14,6 +15,21 @@ from PIL import Image
 # spin against each other. The digest guard (test_digests.py) records this kind (threads: 1).
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"
+
+
+@pytest.fixture(autouse=True)
+def alone_or_beside(request, tmp_path_factory):
+    """Under pytest-xdist a test marked ``alone`` (its bound is on the wall clock, beside a load
+    it sets itself) runs with no other test beside it: it takes an exclusive lock on a file
+    the workers share, every other test a shared one."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        yield
+        return
+    alone = request.node.get_closest_marker("alone") is not None
+    with open(tmp_path_factory.getbasetemp().parent / "alone.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        yield  # closing the file releases the lock
+
 
 SHARED = Path(os.environ.get("CIFAR_RESNET_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 CIFAR_JPEG = SHARED / "data" / "cifar10-jpeg"

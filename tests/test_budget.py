@@ -66,6 +66,7 @@ def folder(tmp_path):
 HOG = "while True: pass"
 
 
+@pytest.mark.alone
 def test_a_budget_holds_beside_a_real_competing_process(folder, tmp_path, cache_dir):
     """A 30 s budget; from 2 s after its plan to its end, two busy-looping processes (as many
     as the test machine's 2 cores) compete with it. The run steers by the time left, with the

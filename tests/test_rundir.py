@@ -291,6 +291,7 @@ def test_a_signal_during_evaluation_saves_at_once_and_resumes_exactly(
         assert done["test_accuracy"] == reference["test_accuracy"]
 
 
+@pytest.mark.alone
 def test_a_time_budget_holds_when_the_machine_slows_down_mid_epoch(tiny_folder, monkeypatch):
     """Steps slower than the probe measured, then twice as slow again from 40% of the budget,
     in epochs as long as 40% of the budget: re-planning within epochs keeps the run within
