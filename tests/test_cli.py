@@ -99,13 +99,15 @@ def test_models_and_presets_commands():
 
 @pytest.mark.skipif(not CIFAR_JPEG.is_dir(), reason="needs ../shared/data/cifar10-jpeg")
 def test_real_cifar10_subset_train_evaluate_resume(tmp_path, cifar_jpeg):
-    """5,000 training / 1,000 test images of the real data, the seed net, 4 epochs."""
+    """5,000 training / 1,000 test images of the real data, the seed net: 3 epochs (evaluated
+    after the last), then resumed for a fourth."""
     out = tmp_path / "run"
     common = ["--data", CIFAR_JPEG, "--limit-train", 5000, "--limit-test", 1000]
-    r = run_cli("train", *common, "--out", out, "--epochs", 4, "--batch-size", 64,
-                "--lr", 0.05, "--schedule", "onecycle", "--device", "cpu")  # fmt: skip
+    r = run_cli("train", *common, "--out", out, "--epochs", 3, "--batch-size", 64, "--lr", 0.05,
+                "--schedule", "onecycle", "--eval-every", 0, "--device", "cpu")  # fmt: skip
     assert r.returncode == 0, r.stderr
-    last = [line for line in r.stdout.splitlines() if line.startswith("[4] Test Loss:")]
+    assert "[2] Test Loss:" not in r.stdout  # --eval-every 0: only the last epoch
+    last = [line for line in r.stdout.splitlines() if line.startswith("[3] Test Loss:")]
     assert last, r.stdout
     printed = float(last[0].split("Accuracy: ")[1].split("%")[0])
     assert printed >= 40.0
@@ -114,10 +116,10 @@ def test_real_cifar10_subset_train_evaluate_resume(tmp_path, cifar_jpeg):
     result = json.loads(r.stdout)
     assert round(result["accuracy"], 2) == printed
     assert result["count"] == 1000 and len(result["confusion"]) == 10
-    r = run_cli("train", "--resume", out, "--epochs", 5)  # and --resume needs no --data
+    r = run_cli("train", "--resume", out, "--epochs", 4)  # and --resume needs no --data
     assert r.returncode == 0, r.stderr
-    assert "[5] Test Loss:" in r.stdout and "[4] Test Loss" not in r.stdout
-    assert [int(r["epoch"]) for r in read_metrics(out)] == [1, 2, 3, 4, 5]
+    assert "[4] Test Loss:" in r.stdout and "[3] Test Loss" not in r.stdout
+    assert [int(r["epoch"]) for r in read_metrics(out)] == [1, 2, 3, 4]
 
 
 def test_time_budget_plans_steps_and_completes_the_schedule(tiny_folder, tmp_path, cache_dir):
