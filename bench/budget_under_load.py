@@ -1,9 +1,12 @@
 """How close a time-budget run ends to its budget beside a CPU hog.
 
     .venv/bin/python bench/budget_under_load.py [--data DIR] [--budget 2m] [--runs 3] [--hogs 1]
+        [--varying 0]
 
 Runs ``cifar-resnet train --preset fast --time-budget BUDGET`` RUNS times, one after another,
-each beside HOGS busy-looping processes started with it and stopped when it ends, and prints
+each beside HOGS busy-looping processes and VARYING on-and-off ones (each busy for a random
+0.5-4 s, then idle for a random 0.5-4 s, seeded), all started with it and stopped when it
+ends, and prints
 each run's end (``summary.json``'s ``seconds``, counted from the command's start, as the
 budget is) against the budget, its steps against its plan, and the CPU it ran on. The runs
 go into a temporary folder; the decode cache should be warm (the first decode counts).
@@ -21,6 +24,14 @@ import time
 from pathlib import Path
 
 HOG = "while True: pass"
+ON_AND_OFF = """import random, time
+random.seed({seed})
+while True:
+    end = time.time() + random.uniform(0.5, 4)
+    while time.time() < end:
+        pass
+    time.sleep(random.uniform(0.5, 4))
+"""
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
 
@@ -34,10 +45,12 @@ def cpu() -> str:
     return f"{model[1] if model else 'unknown CPU'}, {cores} logical cores, flags: {' '.join(have)}"
 
 
-def one_run(data: str, budget: str, hogs: int, out: Path) -> dict:
+def one_run(data: str, budget: str, hogs: int, varying: int, out: Path, seed: int) -> dict:
     cmd = [sys.executable, "-m", "cifar_resnet", "train", "--data", data, "--out", str(out),
            "--preset", "fast", "--time-budget", budget, "--no-report"]  # fmt: skip
     load = [subprocess.Popen([sys.executable, "-c", HOG]) for _ in range(hogs)]
+    code = [ON_AND_OFF.format(seed=seed * 100 + i) for i in range(varying)]
+    load += [subprocess.Popen([sys.executable, "-c", c]) for c in code]
     t0 = time.perf_counter()
     try:
         r = subprocess.run(cmd, capture_output=True, text=True)
@@ -59,14 +72,17 @@ def main() -> None:
     p.add_argument("--budget", default="2m")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--hogs", type=int, default=1, help="busy-looping processes beside each run")
+    p.add_argument("--varying", type=int, default=0, help="on-and-off processes beside each run")
     args = p.parse_args()
     print(f"CPU: {cpu()}")
     print(
         f"{args.runs} runs of --preset fast --time-budget {args.budget} beside {args.hogs} hog(s)"
+        f" and {args.varying} on-and-off process(es)"
     )
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.runs):
-            s = one_run(args.data, args.budget, args.hogs, Path(tmp) / f"run{i}")
+            out = Path(tmp) / f"run{i}"
+            s = one_run(args.data, args.budget, args.hogs, args.varying, out, seed=i)
             budget = s["time_budget"]
             print(
                 f"run {i + 1}: ended at {s['seconds']:.1f}s of {budget:g}s "
