@@ -25,6 +25,7 @@ MATERIAL = 0.1  # a re-plan that moves the plan by more than this share is shown
 WINDOWS = 3  # the speed estimate is the median of this many recent windows (the run's average
 MAX_MOVE = 0.5  # in place of those not yet measured), moving by at most this share per re-plan
 MIN_STEPS = 20  # ... and over at least this many steps
+SHORT = 0.25  # a plan that trains for less than this share of the budget says so
 
 
 class SpeedEstimate:
@@ -182,6 +183,20 @@ def plan_steps(
             "give a longer budget"
         )
     return plan
+
+
+def short_note(plan: BudgetPlan, budget: float, elapsed: float) -> str | None:
+    """A line for a first plan that leaves less than ``SHORT`` of the budget to training (the
+    start-up and the final evaluation took the rest), else None."""
+    train_s = plan.seconds(0, plan.steps, plan.steps)
+    if train_s >= SHORT * budget:
+        return None
+    return (
+        f"note: only {train_s:.0f}s of the {budget:g}s budget are left to train "
+        f"({elapsed:.0f}s went on starting up and timing, the final evaluation takes about "
+        f"{plan.eval_s:.0f}s): a model trained this briefly is little better than chance; "
+        "give a longer --time-budget"
+    )
 
 
 def replan_steps(

@@ -10,7 +10,7 @@ import time
 import pytest
 from conftest import noise_folder
 
-from cifar_resnet.budget import MAX_MOVE, BudgetPlan, SpeedEstimate
+from cifar_resnet.budget import MAX_MOVE, BudgetPlan, SpeedEstimate, plan_steps, short_note
 
 
 def test_one_slow_window_moves_the_estimate_little_and_a_lasting_load_moves_it_all():
@@ -118,3 +118,16 @@ def test_replans_stay_off_a_terminal_unless_the_plan_moves_materially():
     assert not plan.material(1050) and not plan.material(920)
     assert plan.material(1200) and plan.announced == 1200
     assert not plan.material(1150)
+
+
+def test_a_plan_that_leaves_little_to_train_says_so():
+    """A one-minute budget whose start-up took 40 s on a loaded machine: the evaluation's 13 s
+    leave 2 steps, and the plan says what the time went on (measured: such a run ended at
+    10% accuracy with no word); a plan with room to train says nothing."""
+    costs = BudgetPlan(steps=0, step_s=0.5, eval_s=13.0, save_s=0.1)
+    tight = plan_steps(60, 45, costs, steps_per_epoch=195, eval_every=0)
+    note = short_note(tight, 60, 45)
+    assert tight.steps <= 2 and note is not None
+    assert "45s went on starting up" in note and "--time-budget" in note
+    roomy = plan_steps(60, 15, costs, steps_per_epoch=195, eval_every=0)
+    assert roomy.steps > 50 and short_note(roomy, 60, 15) is None
