@@ -17,6 +17,13 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"
 
 
+def session_tmp(tmp_path_factory) -> Path:
+    """The session's temporary folder, the one its pytest-xdist workers share (theirs sit side
+    by side in it)."""
+    root = tmp_path_factory.getbasetemp()
+    return root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
+
+
 @pytest.fixture(autouse=True)
 def alone_or_beside(request, tmp_path_factory):
     """Under pytest-xdist a test marked ``alone`` (its bound is on the wall clock, beside a load
@@ -26,7 +33,7 @@ def alone_or_beside(request, tmp_path_factory):
         yield
         return
     alone = request.node.get_closest_marker("alone") is not None
-    with open(tmp_path_factory.getbasetemp().parent / "alone.lock", "a") as f:
+    with open(session_tmp(tmp_path_factory) / "alone.lock", "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
         yield  # closing the file releases the lock
 
@@ -95,10 +102,7 @@ def train_small(data, out, *flags) -> dict:
 def cache_dir(tmp_path_factory):
     """One decode cache for the whole session, shared by its pytest-xdist workers (their
     temporary folders sit side by side), so the real data is decoded once."""
-    root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        root = root.parent
-    path = root / "decoded"
+    path = session_tmp(tmp_path_factory) / "decoded"
     path.mkdir(exist_ok=True)
     os.environ["CIFAR_RESNET_CACHE"] = str(path)
     return path
