@@ -12,7 +12,7 @@ import torch
 
 from . import checkpoint as ckpt_io
 from . import distributed
-from .budget import BudgetPlan, plan_steps, short_note
+from .budget import BudgetPlan, eval_note, plan_steps, short_note
 from .loop import evaluate_model, train_steps
 from .models import ModelSpec
 from .optim import Schedule
@@ -51,7 +51,9 @@ def plan_budget(run: Run, tty: bool) -> None:
         f"({run.plan.steps / run.steps_per_epoch:.1f} epochs; {step_s * 1e3:.1f} ms/step{early}, "
         f"evaluation {eval_s:.1f}s, {elapsed:.1f}s spent before)"
     )
-    note = short_note(run.plan, config.time_budget, elapsed)
+    note = short_note(run.plan, config.time_budget, elapsed) or eval_note(
+        run.plan, config.time_budget
+    )
     if note:
         run.log(note)
 

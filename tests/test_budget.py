@@ -10,7 +10,14 @@ import time
 import pytest
 from conftest import noise_folder
 
-from cifar_resnet.budget import MAX_MOVE, BudgetPlan, SpeedEstimate, plan_steps, short_note
+from cifar_resnet.budget import (
+    MAX_MOVE,
+    BudgetPlan,
+    SpeedEstimate,
+    eval_note,
+    plan_steps,
+    short_note,
+)
 
 
 def test_one_slow_window_moves_the_estimate_little_and_a_lasting_load_moves_it_all():
@@ -131,3 +138,15 @@ def test_a_plan_that_leaves_little_to_train_says_so():
     assert "45s went on starting up" in note and "--time-budget" in note
     roomy = plan_steps(60, 15, costs, steps_per_epoch=195, eval_every=0)
     assert roomy.steps > 50 and short_note(roomy, 60, 15) is None
+
+
+def test_a_plan_whose_final_evaluation_is_a_large_share_says_the_end_can_move():
+    """A one-minute budget on a loaded CPU: the final evaluation (11 s measured, after the
+    plan's last check) is 18% of it, so a load changing during it can move the end past 5%;
+    the plan says so. Quiet, the evaluation's 5 s (8%) get no note."""
+    loaded = plan_steps(60, 20, BudgetPlan(0, 0.4, 11.0, 0.1), 195, eval_every=0)
+    note = eval_note(loaded, 60)
+    assert note is not None and "about 11s" in note and "18%" in note
+    assert "--time-budget" in note
+    quiet = plan_steps(60, 10, BudgetPlan(0, 0.15, 5.0, 0.1), 195, eval_every=0)
+    assert eval_note(quiet, 60) is None
