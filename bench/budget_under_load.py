@@ -8,7 +8,8 @@ each beside HOGS busy-looping processes and VARYING on-and-off ones (each busy f
 0.5-4 s, then idle for a random 0.5-4 s, seeded), all started with it and stopped when it
 ends, and prints
 each run's end (``summary.json``'s ``seconds``, counted from the command's start, as the
-budget is) against the budget, its steps against its plan, and the CPU it ran on. The runs
+budget is) against the budget, its steps against its plan, the torch threads it changed to
+beside the load (``CPU threads:`` lines), and the CPU it ran on. The runs
 go into a temporary folder; the decode cache should be warm (the first decode counts).
 """
 
@@ -62,8 +63,10 @@ def one_run(data: str, budget: str, hogs: int, varying: int, out: Path, seed: in
     if r.returncode != 0:
         raise SystemExit(f"run failed ({r.returncode}): {r.stderr.strip()[-500:]}")
     summary = json.loads((out / "summary.json").read_text())
-    replans = sum("re-planned" in line for line in r.stdout.splitlines())
-    return {**summary, "process_seconds": process, "replans_printed": replans}
+    lines = r.stdout.splitlines()
+    replans = sum("re-planned" in line for line in lines)
+    threads = [line.split()[2] for line in lines if line.startswith("CPU threads: ")]
+    return {**summary, "process_seconds": process, "replans_printed": replans, "threads": threads}
 
 
 def main() -> None:
@@ -89,7 +92,8 @@ def main() -> None:
                 f"({100 * (s['seconds'] / budget - 1):+.1f}%), "
                 f"process {s['process_seconds']:.1f}s, "
                 f"steps {s['steps']}/{s['planned_steps']} planned, test accuracy "
-                f"{s['test_accuracy']:.2f}%, {s['replans_printed']} re-plan lines",
+                f"{s['test_accuracy']:.2f}%, {s['replans_printed']} re-plan lines, "
+                f"CPU threads {' > '.join(s['threads']) or 'as torch started'}",
                 flush=True,
             )
 

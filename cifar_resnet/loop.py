@@ -149,6 +149,7 @@ def train_epochs(run: Run, tty: bool) -> None:
                 if _save_due(run):
                     settle(t, state)
                     save_run(run)
+                govern_threads(run)
                 if _replan_due(run):
                     _replan(run, mid_epoch=True)
             settle(t, state)
@@ -241,7 +242,12 @@ def evaluate_model(run: Run, model: torch.nn.Module, loader: DeviceLoader) -> di
     stop = run.stop
     # A signal ends a single process's evaluation at the next batch; ranks of a distributed
     # run finish it together (one alone would leave the others waiting in a reduction).
-    check = None if stop is None or run.dist.enabled else (lambda: stop.signum is not None)
+    stoppable = stop is not None and not run.dist.enabled
+
+    def check() -> bool:
+        govern_threads(run)
+        return stoppable and stop.signum is not None
+
     return evaluate(
         model,
         loader,
@@ -317,6 +323,19 @@ def _log_reached(run: Run) -> None:
         f"{run.config.target_split} after epoch {run.state.epoch}, "
         f"{run.state.target_seconds:.1f}s"
     )
+
+
+def govern_threads(run: Run, force: bool = False) -> None:
+    """A time budget's CPU threads follow the cores other work leaves free (threads.py): the
+    first change is shown, every one goes to a log."""
+    governor = run.threads
+    if governor is None or not governor.tick(force):
+        return
+    if governor.changes == 1 or not run.tty:
+        run.log(
+            f"CPU threads: {governor.threads} of {governor.most} (other work is keeping about "
+            f"{governor.others:.1f} of the {len(governor.cpus)} cores busy)"
+        )
 
 
 def _replan_due(run: Run) -> bool:

@@ -13,7 +13,7 @@ import torch
 from . import checkpoint as ckpt_io
 from . import distributed
 from .budget import BudgetPlan, eval_note, plan_steps, short_note
-from .loop import evaluate_model, train_steps
+from .loop import evaluate_model, govern_threads, train_steps
 from .models import ModelSpec
 from .optim import Schedule
 from .progress import Phases
@@ -33,6 +33,7 @@ def plan_budget(run: Run, tty: bool) -> None:
         f"time budget {config.time_budget:g}s: timing the run's steps and evaluation on a copy "
         "of the model (a few seconds) ..."
     )
+    govern_threads(run, force=True)  # the threads the load since the start leaves room for
     with Phases("timing", tty and run.main and not run.options.quiet) as bar:
         save_s, (step_s, early_s, eval_s) = _timed_costs(run, bar)
     step_s, early_s, eval_s = distributed.all_mean([step_s, early_s, eval_s], run.runtime.device)

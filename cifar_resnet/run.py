@@ -21,6 +21,7 @@ from .loader import DeviceLoader
 from .rundir import RunDir
 from .runtime import Runtime
 from .step import Trainer
+from .threads import ThreadGovernor
 
 
 @dataclass
@@ -107,6 +108,7 @@ class Run:
     writer: Any = None  # TensorBoard SummaryWriter
     last_checkpoint: Path | None = None
     tty: bool = False  # progress drawn as bars on a terminal (else lines in a log)
+    threads: ThreadGovernor | None = None  # a time budget's CPU threads, beside other work
 
     @property
     def steps_per_epoch(self) -> int:

@@ -27,6 +27,7 @@ from .probe import plan_budget
 from .run import Run, RunOptions, RunState
 from .rundir import RunDir
 from .runtime import resolve_device
+from .threads import governor
 from .trainer import build_trainer, start
 from .weights import init_weights
 
@@ -65,10 +66,14 @@ def fit(
     quiet = options.quiet or not dist_info.is_main
     options = dataclasses.replace(options, started=started, quiet=quiet)
     folder, done = RunDir(out_dir), False
+    # A time budget's CPU threads follow the cores other work leaves free (threads.py),
+    # looked at from the run's start.
+    threads = governor(dev.type, dist_info.enabled) if config.time_budget else None
     try:
         _take_folder(folder, dist_info, dev)
         ckpt = _resume_checkpoint(options.resume, folder, options.overwrite, dist_info.is_main, dev)
         run = _set_up(config, bundle, folder, preset, ckpt, dist_info, dev, options)
+        run.threads = threads
         tty = _is_terminal() if options.progress is None else options.progress
         plan_budget(run, tty)
         _write_run_files(run, bundle.source)
@@ -91,6 +96,8 @@ def fit(
             f"ranks ({first}); continue with --resume auto"
         ) from None
     finally:
+        if threads is not None:
+            threads.restore()
         folder.unlock(tidy=not done)  # a refused run leaves no empty folder or lock behind
         distributed.cleanup()
 
