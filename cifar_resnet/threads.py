@@ -9,7 +9,8 @@ takes this process's own CPU time away, and sets torch's threads to the share of
 the other work leaves free (at least 1, at most as many as torch started with).
 
 Changing the thread count changes the rounding of some reductions, so a run that must repeat
-exactly keeps its threads: only a time budget's run, already paced by the clock, is governed.
+exactly keeps its threads: only a time budget's run, already paced by the clock, is governed;
+any other is told (:func:`busy_note`) when its set-up met such work.
 """
 
 from __future__ import annotations
@@ -67,20 +68,25 @@ class ThreadGovernor:
     def _sample(self) -> tuple[float, float | None, float]:
         return self.clock(), self.read(), self.own()
 
-    def tick(self, force: bool = False) -> bool:
-        """Look at the cores if a second has passed (or ``force``); True when the threads
-        changed."""
+    def look(self, force: bool = False) -> int | None:
+        """The threads the free cores make room for, if a second has passed since the last
+        look (or ``force``); else None."""
         now = self.clock()
         if now - self.mark[0] < (SHORTEST if force else EVERY):
-            return False
+            return None
         (t0, busy0, own0), (t1, busy1, own1) = self.mark, self._sample()
         self.mark = (t1, busy1, own1)
         if busy0 is None or busy1 is None:
-            return False
+            return None
         self.others = max(0.0, (busy1 - busy0 - (own1 - own0)) / (t1 - t0))
         free = max(0.0, len(self.cpus) - self.others)
-        want = max(1, min(self.most, int(self.most * free / len(self.cpus) + 0.5)))
-        if want == self.threads:
+        return max(1, min(self.most, int(self.most * free / len(self.cpus) + 0.5)))
+
+    def tick(self, force: bool = False) -> bool:
+        """Look at the cores if a second has passed (or ``force``) and set the threads; True
+        when they changed."""
+        want = self.look(force)
+        if want is None or want == self.threads:
             return False
         self.threads = want
         self.set_threads(want)
@@ -92,6 +98,21 @@ class ThreadGovernor:
         if self.threads != self.most:
             self.threads = self.most
             self.set_threads(self.most)
+
+
+def busy_note(governor: ThreadGovernor) -> str | None:
+    """For a run that keeps its threads: a note when other work has been keeping cores busy
+    since the governor was made (the run's set-up), saying what it costs and what to set."""
+    want = governor.look(force=True)
+    if want is None or want >= governor.most:
+        return None
+    return (
+        f"note: other work is keeping about {governor.others:.1f} of this machine's "
+        f"{len(governor.cpus)} cores busy, and torch's {governor.most} threads each wait for "
+        "the one that shares a core with it: a step can take several times as long as alone. "
+        f"OMP_NUM_THREADS={want} in the command's environment uses the free cores only "
+        "(a --time-budget run chooses by itself)"
+    )
 
 
 def governor(device_type: str, distributed: bool) -> ThreadGovernor | None:

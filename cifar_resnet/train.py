@@ -27,7 +27,7 @@ from .probe import plan_budget
 from .run import Run, RunOptions, RunState
 from .rundir import RunDir
 from .runtime import resolve_device
-from .threads import governor
+from .threads import busy_note, governor
 from .trainer import build_trainer, start
 from .weights import init_weights
 
@@ -67,13 +67,16 @@ def fit(
     options = dataclasses.replace(options, started=started, quiet=quiet)
     folder, done = RunDir(out_dir), False
     # A time budget's CPU threads follow the cores other work leaves free (threads.py),
-    # looked at from the run's start.
-    threads = governor(dev.type, dist_info.enabled) if config.time_budget else None
+    # looked at from the run's start; another run is told if its set-up met such work.
+    threads = governor(dev.type, dist_info.enabled)
     try:
         _take_folder(folder, dist_info, dev)
         ckpt = _resume_checkpoint(options.resume, folder, options.overwrite, dist_info.is_main, dev)
         run = _set_up(config, bundle, folder, preset, ckpt, dist_info, dev, options)
-        run.threads = threads
+        note = busy_note(threads) if threads is not None and not config.time_budget else None
+        if note:
+            run.log(note)
+        run.threads = threads if config.time_budget else None
         tty = _is_terminal() if options.progress is None else options.progress
         plan_budget(run, tty)
         _write_run_files(run, bundle.source)

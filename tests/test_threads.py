@@ -1,13 +1,15 @@
 """A time budget's CPU threads follow the cores other work leaves free."""
 
 import os
+import re
 import subprocess
 import sys
 import time
 
 import pytest
+from conftest import run_cli
 
-from cifar_resnet.threads import ThreadGovernor, busy_seconds, governor
+from cifar_resnet.threads import ThreadGovernor, busy_note, busy_seconds, governor
 
 HOG = "while True: pass"
 STAT = """cpu  100 0 50 1000 0 0 0 0 0 0
@@ -101,3 +103,37 @@ def test_a_real_busy_process_takes_threads_away_and_gives_them_back():
     time.sleep(1.5)
     assert g.tick() and g.threads == len(cpus), g.others
     assert len(chosen) == 2 and chosen[-1] == len(cpus)
+
+
+def test_a_run_that_keeps_its_threads_is_told_when_other_work_was_busy():
+    m = Machine()
+    g = m.governor(most=2, cores=2)
+    m.second(others=0.1, mine=2.0)
+    assert busy_note(g) is None  # a quiet machine: nothing to say
+    m.second(others=1.0, mine=1.0)
+    note = busy_note(g)
+    assert note.startswith("note: other work is keeping about 1.0 of this machine's 2 cores")
+    assert "OMP_NUM_THREADS=1 in the command's environment" in note
+    assert m.set == [] and g.threads == 2  # told, not changed
+
+
+@pytest.mark.alone
+def test_a_training_beside_a_real_busy_process_says_what_it_costs(tiny_folder, tmp_path):
+    """No OMP_NUM_THREADS (pytest-xdist's workers set it): torch's own threads, one per core,
+    and half the cores kept busy from before the run starts."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    cores = len(os.sched_getaffinity(0))
+    hogs = [subprocess.Popen([sys.executable, "-c", HOG]) for _ in range(cores // 2)]
+    try:
+        time.sleep(0.5)
+        args = ["train", "--data", tiny_folder, "--out", tmp_path / "run", "--epochs", 1,
+                "--batch-size", 8, "--device", "cpu", "--no-report"]  # fmt: skip
+        r = run_cli(*args, env=env, timeout=300)
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    assert r.returncode == 0, r.stderr
+    notes = [line for line in r.stdout.splitlines() if line.startswith("note: other work")]
+    assert len(notes) == 1, r.stdout
+    assert int(re.search(r"OMP_NUM_THREADS=(\d+) ", notes[0])[1]) < cores, notes[0]
