@@ -39,7 +39,10 @@ def busy_seconds(cpus: frozenset[int], text: str | None = None) -> float | None:
         name, *fields = line.split() or [""]
         if not (name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus):
             continue
-        values = [int(f) for f in fields[:8]] + [0] * (8 - len(fields[:8]))
+        try:
+            values = [int(f) for f in fields[:8]] + [0] * (8 - len(fields[:8]))
+        except ValueError:
+            return None
         user, nice, system, _idle, _iowait, irq, softirq, steal = values
         ticks += user + nice + system + irq + softirq + steal
         seen += 1

@@ -26,6 +26,7 @@ def test_busy_time_is_summed_over_the_cores_asked_for_and_unreadable_is_none():
     assert busy_seconds(frozenset({0, 1}), STAT.format(a=10, b=5)) == pytest.approx(79 / hz)
     assert busy_seconds(frozenset({3}), STAT.format(a=10, b=5)) is None  # no such core
     assert busy_seconds(frozenset({0}), "garbage\n\n") is None
+    assert busy_seconds(frozenset({0}), "cpu0 1 two 3\n") is None
 
 
 class Machine:
