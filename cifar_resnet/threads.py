@@ -2,7 +2,7 @@
 
 torch starts one intra-op thread per core, and every parallel op waits for its slowest thread.
 When another process keeps a core busy, the thread that shares that core holds up the rest:
-beside one busy-looping process, a step of the fast preset on 2 cores took 5-10x as long with
+beside one busy-looping process, a step of the fast preset on 2 cores took 5x as long with
 2 threads as alone, and with 1 thread about as long as alone (BENCHMARKS.md). A
 :class:`ThreadGovernor` reads how busy the cores are (``/proc/stat``) about once a second,
 takes this process's own CPU time away, and sets torch's threads to the share of the cores

@@ -73,10 +73,10 @@ def fit(
         _take_folder(folder, dist_info, dev)
         ckpt = _resume_checkpoint(options.resume, folder, options.overwrite, dist_info.is_main, dev)
         run = _set_up(config, bundle, folder, preset, ckpt, dist_info, dev, options)
-        note = busy_note(threads) if threads is not None and not config.time_budget else None
-        if note:
+        if config.time_budget:
+            run.threads = threads
+        elif threads is not None and (note := busy_note(threads)):
             run.log(note)
-        run.threads = threads if config.time_budget else None
         tty = _is_terminal() if options.progress is None else options.progress
         plan_budget(run, tty)
         _write_run_files(run, bundle.source)

@@ -4,6 +4,8 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +42,24 @@ def alone_or_beside(request, tmp_path_factory):
 
 SHARED = Path(os.environ.get("CIFAR_RESNET_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 CIFAR_JPEG = SHARED / "data" / "cifar10-jpeg"
+
+
+@contextmanager
+def busy_loops(n: int) -> Iterator[list[subprocess.Popen]]:
+    """``n`` busy-looping Python processes (real CPU load), killed on leaving."""
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        yield hogs
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+
+
+def torch_threads_env() -> dict[str, str]:
+    """This environment without OMP_NUM_THREADS (which pytest-xdist's workers set): a command
+    started with it has torch's own thread count, one per core."""
+    return {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
 
 
 def one_line_error(result, code):

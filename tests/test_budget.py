@@ -6,9 +6,10 @@ import os
 import subprocess
 import sys
 import time
+from contextlib import ExitStack
 
 import pytest
-from conftest import noise_folder
+from conftest import busy_loops, noise_folder, torch_threads_env
 
 from cifar_resnet.budget import (
     MAX_MOVE,
@@ -70,9 +71,6 @@ def folder(tmp_path):
     return noise_folder(tmp_path / "data", {"bright": 200, "dark": 40}, counts, 32, 30, seed=0)
 
 
-HOG = "while True: pass"
-
-
 @pytest.mark.alone
 def test_a_budget_holds_beside_a_real_competing_process(folder, tmp_path, cache_dir):
     """A 30 s budget; from 2 s after its plan to its end, two busy-looping processes (as many
@@ -85,22 +83,18 @@ def test_a_budget_holds_beside_a_real_competing_process(folder, tmp_path, cache_
     cmd = [sys.executable, "-m", "cifar_resnet", "train", "--data", folder, "--out", out,
            "--time-budget", f"{budget:g}s", "--batch-size", 8, "--schedule", "onecycle",
            "--eval-every", 0, "--device", "cpu", "--no-report"]  # fmt: skip
-    # torch's own thread count (no OMP_NUM_THREADS, which pytest-xdist's workers set): the
-    # run's threads follow the cores the hogs leave free (threads.py).
-    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    # torch's own thread count: the run's threads follow the cores the hogs leave free
+    # (threads.py).
+    env = torch_threads_env()
     run = subprocess.Popen(list(map(str, cmd)), stdout=subprocess.PIPE, text=True, env=env)
     lines, hogs = [], []
-    try:
+    with ExitStack() as load:
         for line in run.stdout:
             lines.append(line)
             if "steps planned" in line and not hogs:
                 time.sleep(2.0)
-                hogs = [subprocess.Popen([sys.executable, "-c", HOG]) for _ in range(2)]
+                hogs = load.enter_context(busy_loops(2))
         run.wait(timeout=120)
-    finally:
-        for hog in hogs:
-            hog.kill()
-            hog.wait()
     assert run.returncode == 0 and hogs, "".join(lines)
     summary = json.loads((out / "summary.json").read_text())
     replans = [line.strip() for line in lines if "budget" in line]

@@ -2,16 +2,13 @@
 
 import os
 import re
-import subprocess
-import sys
 import time
 
 import pytest
-from conftest import run_cli
+from conftest import busy_loops, run_cli, torch_threads_env
 
 from cifar_resnet.threads import ThreadGovernor, busy_note, busy_seconds, governor
 
-HOG = "while True: pass"
 STAT = """cpu  100 0 50 1000 0 0 0 0 0 0
 cpu0 {a} 0 {b} 500 7 1 1 2 0 0
 cpu1 40 0 20 500 0 0 0 0 0 0
@@ -92,15 +89,10 @@ def test_a_real_busy_process_takes_threads_away_and_gives_them_back():
     assert len(cpus) >= 2, "the governor has threads to take away only with 2 or more cores"
     chosen = []
     g = ThreadGovernor(len(cpus), cpus, set_threads=chosen.append)
-    hogs = [subprocess.Popen([sys.executable, "-c", HOG]) for _ in range(len(cpus) // 2)]
-    try:
+    with busy_loops(len(cpus) // 2) as hogs:
         time.sleep(1.5)
         assert g.tick() and g.threads < len(cpus), g.others
         assert g.others >= 0.6 * len(hogs)
-    finally:
-        for hog in hogs:
-            hog.kill()
-            hog.wait()
     time.sleep(1.5)
     assert g.tick() and g.threads == len(cpus), g.others
     assert len(chosen) == 2 and chosen[-1] == len(cpus)
@@ -122,18 +114,12 @@ def test_a_run_that_keeps_its_threads_is_told_when_other_work_was_busy():
 def test_a_training_beside_a_real_busy_process_says_what_it_costs(tiny_folder, tmp_path):
     """No OMP_NUM_THREADS (pytest-xdist's workers set it): torch's own threads, one per core,
     and half the cores kept busy from before the run starts."""
-    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     cores = len(os.sched_getaffinity(0))
-    hogs = [subprocess.Popen([sys.executable, "-c", HOG]) for _ in range(cores // 2)]
-    try:
+    with busy_loops(cores // 2):
         time.sleep(0.5)
         args = ["train", "--data", tiny_folder, "--out", tmp_path / "run", "--epochs", 1,
                 "--batch-size", 8, "--device", "cpu", "--no-report"]  # fmt: skip
-        r = run_cli(*args, env=env, timeout=300)
-    finally:
-        for hog in hogs:
-            hog.kill()
-            hog.wait()
+        r = run_cli(*args, env=torch_threads_env(), timeout=300)
     assert r.returncode == 0, r.stderr
     notes = [line for line in r.stdout.splitlines() if line.startswith("note: other work")]
     assert len(notes) == 1, r.stdout
